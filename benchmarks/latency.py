@@ -1,0 +1,264 @@
+"""`python -m benchmarks.latency --artifact ART --task T [--data-dir D] [--max-samples N] [--out DIR]`
+
+Batch size 1 over a dev split. All timed variants run interleaved, sample by sample, in one
+process (see timing.interleaved), so the ratios below are measured under the same conditions:
+
+  chain_overhead   full per-layer chain / monolithic graph (same inputs, same precision)
+  forced_exit      latency exiting at every layer k, and a linear fit time = a + b k
+  sweep            per policy and threshold: score, avg exit layer, latency, speed-ups vs full
+                   chain and vs monolithic, layer_estimate = L / avg exit layer, and
+                   realization = measured speed-up vs full chain / layer_estimate
+  eager            PyTorch eager early exit at the very same exit decisions
+  env              versions, threads, CPU, git commit
+
+Speed-ups are ratios of *mean* latency (total time over the split), the quantity the average
+exit layer estimates. Writes DIR/latency.json and DIR/latency.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from runtime.metrics import score
+from runtime.policies import LayerOutputs, make_policy, predictions_at_exit, simulate
+from runtime.session import EarlyExitModel, default_threads
+from runtime.tasks import get_task
+
+from .timing import environment, interleaved, linear_fit, percentiles
+
+log = logging.getLogger("benchmarks.latency")
+
+SWEEP = {
+    "confidence": [0.6, 0.7, 0.8, 0.9, 0.95, 0.99],
+    "entropy": [0.6, 0.5, 0.4, 0.3, 0.2, 0.05],
+    "lte": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
+}
+
+
+class EagerEarlyExit:
+    """What research code does: PyTorch eager, layer by layer, head + signals after every
+    layer, stop at the exit layer. Used at the runtime's own exit decisions."""
+
+    def __init__(self, checkpoint: str, threads: int):
+        import torch
+        from train.model import load_checkpoint
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.model, _ = load_checkpoint(checkpoint)
+
+    def run(self, ids: np.ndarray, tt: np.ndarray, mask: np.ndarray, exit_layer: int) -> np.ndarray:
+        from train.model import additive_mask, exit_signals
+        t, m = self.torch, self.model
+        with t.inference_mode():
+            ids_t, tt_t, mask_t = t.from_numpy(ids), t.from_numpy(tt), t.from_numpy(mask)
+            h = m.embed(ids_t, tt_t)
+            ext = additive_mask(mask_t, h.dtype)
+            for i in range(exit_layer):
+                h = m.layer(i, h, ext)
+                pooled = m.pool(h, mask_t)
+                logits = m.head(i, pooled)
+                if m.cfg.kind == "classification":
+                    exit_signals(logits)
+                if m.cfg.lte:
+                    m.lte(pooled)
+            return logits.numpy()
+
+
+def run_benchmark(artifact: str, task_name: str, data_dir: str | None = None, max_samples: int | None = None,
+                  repeats: int = 3, threads: int | None = None, checkpoint: str | None = None,
+                  eager: bool = True, policies: list[str] | None = None) -> dict:
+    from train.data import load_split  # reads GLUE/SICK files; benchmarks may import train
+
+    threads = threads or default_threads()
+    model = EarlyExitModel(artifact, threads=threads)
+    task = get_task(task_name)
+    if model.task.name != task.name:
+        raise ValueError(f"the artifact was trained for task '{model.task.name}', not '{task.name}'.")
+    if not model.manifest.has_monolithic:
+        raise ValueError("the artifact has no monolithic graph; re-export without --no-monolithic.")
+    dev = load_split(task.name, "dev", data_dir).head(max_samples)
+    L, n = model.num_layers, len(dev)
+    encs = [model.encode([dev.text_a[i]], None if dev.text_b is None else [dev.text_b[i]]) for i in range(n)]
+
+    # Every layer's outputs for every sample (batch 1, as timed): scores and exit decisions.
+    rows = [model.layer_outputs(e) for e in encs]
+    per_layer = [LayerOutputs(np.concatenate([r[i].logits for r in rows]),
+                              *(None if getattr(rows[0][i], s) is None else np.concatenate([getattr(r[i], s) for r in rows])
+                                for s in ("confidence", "entropy", "lte"))) for i in range(L)]
+    full_score = score(task.metric, per_layer[-1].logits, dev.labels, task.kind)
+
+    avail = [p for p in (policies or list(SWEEP)) if p in SWEEP]
+    sweep_cfg = []
+    for p in avail:
+        try:
+            pol0 = model.policy(p, threshold=SWEEP[p][0])
+        except Exception:
+            continue  # policy not applicable to this task/model
+        for t in SWEEP[p]:
+            pol = model.policy(p, threshold=t)
+            ex = simulate(pol, per_layer, task.kind)
+            sweep_cfg.append((pol, ex))
+        del pol0
+
+    variants = {"monolithic": lambda i: model.run_monolithic(encs[i])}
+    forced = {k: model.policy("fixed", exit_layer=k) for k in range(1, L + 1)}
+    for k, pol in forced.items():
+        variants[f"forced_{k}"] = (lambda pol: lambda i: model.run(encs[i], pol))(pol)
+    for j, (pol, _) in enumerate(sweep_cfg):
+        variants[f"sweep_{j}"] = (lambda pol: lambda i: model.run(encs[i], pol))(pol)
+
+    # Eager early exit at the same decisions: full depth and a few sweep points.
+    eager_runner, eager_points = None, []
+    ckpt = checkpoint or model.manifest.raw.get("source", {}).get("checkpoint")
+    if eager and ckpt and Path(ckpt).is_dir():
+        eager_runner = EagerEarlyExit(ckpt, threads)
+        picks = sorted({0, len(sweep_cfg) // 2, len(sweep_cfg) - 1}) if sweep_cfg else []
+        eager_points = [("full", np.full(n, L))] + [(f"sweep_{j}", sweep_cfg[j][1]) for j in picks]
+        for name, ex in eager_points:
+            variants[f"eager_{name}"] = (lambda ex: lambda i: eager_runner.run(
+                encs[i].input_ids, encs[i].token_type_ids, encs[i].attention_mask, int(ex[i])))(ex)
+    elif eager:
+        log.warning("eager comparison skipped: checkpoint '%s' not found (pass --checkpoint).", ckpt)
+
+    # The runtime must take the decisions the offline simulation took.
+    mismatches = 0
+    for pol, ex in sweep_cfg:
+        got = np.array([model.run(encs[i], pol).exit_layer[0] for i in range(n)])
+        mismatches += int(np.sum(got != ex))
+
+    total = repeats * n
+    step = max(1, total // 20)
+    med = interleaved(variants, n, repeats, progress=lambda d, t: (d % step == 0) and log.info("timed %d/%d", d, t))
+
+    full = med[f"forced_{L}"].mean()
+    mono = med["monolithic"].mean()
+    result = {
+        "task": task.name, "metric": task.metric, "samples": n, "repeats": repeats, "batch_size": 1,
+        "num_layers": L, "artifact": str(Path(artifact).resolve()),
+        "seq_len_mean": float(np.mean([e.shape[1] for e in encs])),
+        "full_depth_score": full_score,
+        "monolithic": percentiles(med["monolithic"]),
+        "full_chain": percentiles(med[f"forced_{L}"]),
+        "chain_overhead": float(full / mono),
+        "chain_overhead_median_per_sample": float(np.median(med[f"forced_{L}"] / med["monolithic"])),
+        "decision_mismatches": mismatches,
+    }
+    fk = [{"exit_layer": k, **percentiles(med[f"forced_{k}"]), "score": score(task.metric, per_layer[k - 1].logits, dev.labels, task.kind)}
+          for k in range(1, L + 1)]
+    result["forced_exit"] = {"per_layer": fk, "fit_mean_ms": linear_fit(np.arange(1, L + 1), [r["latency_ms_mean"] for r in fk]),
+                             "time1_over_timeL": fk[0]["latency_ms_mean"] / fk[-1]["latency_ms_mean"]}
+    sweep = []
+    for j, (pol, ex) in enumerate(sweep_cfg):
+        t = med[f"sweep_{j}"]
+        avg = float(ex.mean())
+        sc = score(task.metric, predictions_at_exit(per_layer, ex), dev.labels, task.kind)
+        sp_full = float(full / t.mean())
+        est = L / avg
+        sweep.append({"policy": pol.name, "threshold": pol.threshold, "score": sc,
+                      "relative_score": sc / full_score if full_score else None, "avg_exit_layer": avg,
+                      **percentiles(t), "speedup_vs_full_chain": sp_full, "speedup_vs_monolithic": float(mono / t.mean()),
+                      "layer_estimate": est, "realization": sp_full / est})
+    result["sweep"] = sweep
+    eager_rows = []
+    for name, ex in eager_points:
+        onnx_t = med[f"forced_{L}"] if name == "full" else med[name]
+        e = med[f"eager_{name}"]
+        eager_rows.append({"decisions": "full depth" if name == "full" else
+                           f"{sweep_cfg[int(name.split('_')[1])][0].describe()}",
+                           "avg_exit_layer": float(ex.mean()), "eager": percentiles(e),
+                           "onnx_chain_latency_ms_mean": float(onnx_t.mean()),
+                           "speedup_onnx_vs_eager": float(e.mean() / onnx_t.mean())})
+    result["eager"] = eager_rows
+    result["env"] = environment(threads)
+    return result
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 3, figsize=(16, 4.8))
+    L = result["num_layers"]
+    for pol in sorted({r["policy"] for r in result["sweep"]}):
+        rows = [r for r in result["sweep"] if r["policy"] == pol]
+        ax[0].plot([r["avg_exit_layer"] for r in rows], [r["score"] for r in rows], "o-", label=pol)
+        ax[1].plot([r["layer_estimate"] for r in rows], [r["speedup_vs_full_chain"] for r in rows], "o", label=pol)
+    fk = result["forced_exit"]["per_layer"]
+    ax[0].plot([r["exit_layer"] for r in fk], [r["score"] for r in fk], "k--", alpha=0.6, label="layer-wise (forced)")
+    ax[0].set(xlabel="average exit layer", ylabel=result["metric"], title="dev score vs average exit layer")
+    lim = max([1.0] + [r["layer_estimate"] for r in result["sweep"]]) * 1.05
+    ax[1].plot([1, lim], [1, lim], "k:", label="ideal (realization 1.0)")
+    ax[1].set(xlabel="layer estimate L / avg exit layer", ylabel="measured speed-up vs full chain",
+              title="measured vs estimated speed-up")
+    f = result["forced_exit"]["fit_mean_ms"]
+    ks = np.arange(1, L + 1)
+    ax[2].plot(ks, [r["latency_ms_mean"] for r in fk], "o", label="forced exit (mean)")
+    ax[2].plot(ks, f["intercept_ms"] + f["slope_ms_per_layer"] * ks, "-",
+               label=f"fit {f['intercept_ms']:.2f} + {f['slope_ms_per_layer']:.2f} k ms (r2 {f['r2']:.4f})")
+    ax[2].axhline(result["monolithic"]["latency_ms_mean"], color="gray", ls="--", label="monolithic (mean)")
+    ax[2].set(xlabel="exit layer k", ylabel="latency (ms)", title=f"batch 1, chain overhead {result['chain_overhead']:.3f}")
+    for a in ax:
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    fig.suptitle(f"{result['task']}: {result['samples']} dev samples, {result['env']['cpu']}, {result['env']['threads']} threads",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.latency", description="Measure early-exit latency (batch 1).")
+    p.add_argument("--artifact", required=True)
+    p.add_argument("--task", required=True)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--max-samples", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=3, help="timed passes over the samples (per-sample median)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--checkpoint", default=None, help="for the eager comparison (default: the manifest's source)")
+    p.add_argument("--no-eager", action="store_true")
+    p.add_argument("--policies", nargs="+", default=None, choices=list(SWEEP))
+    p.add_argument("--out", default="results/latency")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        res = run_benchmark(args.artifact, args.task, args.data_dir, args.max_samples, args.repeats, args.threads,
+                            args.checkpoint, not args.no_eager, args.policies)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # artifact / policy errors carry their own message
+        from runtime import ArtifactError, PolicyError
+        if isinstance(e, (ArtifactError, PolicyError)):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
+    res["command"] = "python -m benchmarks.latency " + " ".join(sys.argv[1:] if argv is None else argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latency.json").write_text(json.dumps(res, indent=2) + "\n")
+    plot(res, out / "latency.png")
+    print(f"chain_overhead {res['chain_overhead']:.3f}  (full chain {res['full_chain']['latency_ms_mean']:.2f} ms, "
+          f"monolithic {res['monolithic']['latency_ms_mean']:.2f} ms)")
+    for r in res["sweep"]:
+        print(f"{r['policy']:>10} t={r['threshold']:<6} score={r['score']:.4f} avg_exit={r['avg_exit_layer']:.2f} "
+              f"speedup={r['speedup_vs_full_chain']:.2f}x (est {r['layer_estimate']:.2f}x) realization={r['realization']:.3f}")
+    for r in res["eager"]:
+        print(f"eager at {r['decisions']}: {r['eager']['latency_ms_mean']:.2f} ms vs onnx chain "
+              f"{r['onnx_chain_latency_ms_mean']:.2f} ms ({r['speedup_onnx_vs_eager']:.2f}x)")
+    print(f"wrote {out / 'latency.json'} and {out / 'latency.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,273 @@
+"""`python -m export.build --checkpoint CKPT --out ART [--layers N]`
+
+Splits a fine-tuned multi-exit checkpoint into an artifact folder: embeddings graph, one graph
+per layer (layer + exit head + exit signals), a monolithic reference graph, the tokenizer, and
+manifest.json (written last, with every file's sha256). Every graph, and the chained graphs as a
+whole, are checked against PyTorch; the largest difference met is recorded in the manifest.
+The artifact is built in a temporary sibling folder and moved into place only when complete,
+so an interrupted or failed export leaves any previous artifact at `--out` untouched.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from runtime import manifest as M
+from runtime.manifest import sha256_file, write_manifest
+from runtime.tasks import get_task
+from train.model import MultiExitModel, exit_signals, load_checkpoint
+
+from .graphs import OPSET, export_graphs, signal_names
+
+
+class ExportError(Exception):
+    """The export cannot be done as asked (bad layer count, missing checkpoint)."""
+
+
+class ValidationError(ExportError):
+    """An exported graph does not match PyTorch within the tolerance."""
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    checkpoint: str
+    out: str
+    layers: int | None = None  # None: all layers
+    monolithic: bool = True
+    atol: float = 1e-4  # max abs difference allowed between ONNX Runtime and PyTorch
+
+    def __post_init__(self):
+        if self.atol <= 0:
+            raise ExportError("--atol must be positive")
+
+
+_SAMPLE_TEXTS = [("The cat sat on the mat.", "A cat is sitting."),
+                 ("Early exiting saves time on easy inputs, and costs little on hard ones.", "It is fast."),
+                 ("Nothing here.", "Something completely different, and much longer than the first text of the pair.")]
+
+
+def _validation_batch(tokenizer, text_pair: bool, max_len: int) -> dict[str, np.ndarray]:
+    a = [t[0] for t in _SAMPLE_TEXTS]
+    b = [t[1] for t in _SAMPLE_TEXTS] if text_pair else None
+    enc = tokenizer(a, b, padding=True, truncation="longest_first", max_length=max_len,
+                    return_token_type_ids=True, return_tensors="np")
+    return {k: enc[k].astype(np.int64) for k in (M.INPUT_IDS, M.TOKEN_TYPE_IDS, M.ATTENTION_MASK)}
+
+
+def _session(path: Path):
+    from runtime.session import make_session
+    return make_session(path)
+
+
+def _maxdiff(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    if mask is not None:  # hidden states at padded positions are never read: compare real tokens only
+        a, b = a[mask.astype(bool)], b[mask.astype(bool)]
+    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
+
+
+@torch.no_grad()
+def validate(model: MultiExitModel, tmp: Path, roles: dict, num_layers: int, batch: dict[str, np.ndarray],
+             atol: float) -> dict:
+    """Each graph alone, and the chain end to end, against PyTorch on the same inputs."""
+    model.eval()
+    ids, tt, mask = (torch.from_numpy(batch[k]) for k in (M.INPUT_IDS, M.TOKEN_TYPE_IDS, M.ATTENTION_MASK))
+    out = model(ids, mask, tt)
+    sig = signal_names(model)
+    feeds = lambda role, avail: {n: avail[n] for n in roles[role]["inputs"]}  # noqa: E731
+    per_graph: dict[str, float] = {}
+    # Torch reference hidden states, layer by layer.
+    h_ref = model.embed(ids, tt)
+    emb = _session(tmp / roles["embeddings"]["file"]).run(None, feeds("embeddings", batch))[0]
+    per_graph["embeddings"] = _maxdiff(emb, h_ref.numpy(), batch[M.ATTENTION_MASK])
+    from train.model import additive_mask
+    ext = additive_mask(mask, h_ref.dtype)
+    h_chain = emb
+    chain_diff = 0.0
+    for i in range(num_layers):
+        role = f"layer_{i + 1:02d}"
+        sess = _session(tmp / roles[role]["file"])
+        # (a) the graph alone on the torch reference input
+        res = sess.run(None, {M.HIDDEN_IN: h_ref.numpy(), M.ATTENTION_MASK: batch[M.ATTENTION_MASK]})
+        h_next = model.layer(i, h_ref, ext)
+        ref = [h_next.numpy(), out.logits[i].numpy()]
+        if model.cfg.kind == "classification":
+            ref += [t.numpy() for t in exit_signals(out.logits[i])]
+        if model.cfg.lte:
+            ref.append(out.lte[i].numpy())
+        diffs = [_maxdiff(res[0], ref[0], batch[M.ATTENTION_MASK])] + [_maxdiff(r, e) for r, e in zip(res[1:], ref[1:])]
+        per_graph[role] = max(diffs)
+        # (b) the chain: ONNX hidden states fed forward
+        chained = sess.run(None, {M.HIDDEN_IN: h_chain, M.ATTENTION_MASK: batch[M.ATTENTION_MASK]})
+        h_chain = chained[0]
+        chain_diff = max(chain_diff, *(_maxdiff(r, e) for r, e in zip(chained[1:], ref[1:])))
+        h_ref = h_next
+    if "monolithic" in roles:
+        res = _session(tmp / roles["monolithic"]["file"]).run(None, feeds("monolithic", batch))
+        last = num_layers - 1
+        ref = [out.logits[last].numpy()]
+        if model.cfg.kind == "classification":
+            ref += [t.numpy() for t in exit_signals(out.logits[last])]
+        if model.cfg.lte:
+            ref.append(out.lte[last].numpy())
+        per_graph["monolithic"] = max(_maxdiff(r, e) for r, e in zip(res, ref))
+    worst = max(max(per_graph.values()), chain_diff)
+    if worst > atol:
+        bad = {k: v for k, v in per_graph.items() if v > atol}
+        raise ValidationError(f"exported graphs differ from PyTorch by up to {worst:.2e} (> atol {atol:.0e}): "
+                              f"{bad or {'chain': chain_diff}}. The export is not written.")
+    return {"atol": atol, "max_abs_diff": worst, "chain_max_abs_diff": chain_diff,
+            "per_graph_max_abs_diff": per_graph, "outputs_checked": ["hidden_states", "logits"] + sig,
+            "inputs": f"{len(_SAMPLE_TEXTS)} tokenized text rows with padding"}
+
+
+def _check_tokenizer(tokenizer, tmp: Path, text_pair: bool, max_len: int) -> None:
+    """The runtime's tokenizer (tokenizer.json via `tokenizers`) must give the training tokenizer's ids."""
+    from runtime.tokenize import TextEncoder
+    enc = TextEncoder(tmp / "tokenizer.json", max_len, text_pair, pad_id=tokenizer.pad_token_id)
+    a = [t[0] for t in _SAMPLE_TEXTS]
+    b = [t[1] for t in _SAMPLE_TEXTS] if text_pair else None
+    got = enc.encode(a, b)
+    want = _validation_batch(tokenizer, text_pair, max_len)
+    if not np.array_equal(got.input_ids, want[M.INPUT_IDS]) or not np.array_equal(got.attention_mask, want[M.ATTENTION_MASK]):
+        raise ValidationError("tokenizer.json gives other token ids than the training tokenizer; "
+                              "the checkpoint's tokenizer needs a fast (tokenizer.json) version.")
+
+
+def build(cfg: ExportConfig) -> Path:
+    """Export, validate and atomically install the artifact at cfg.out. Returns its path."""
+    ckpt = Path(cfg.checkpoint)
+    if not ckpt.is_dir():
+        raise ExportError(f"checkpoint folder '{ckpt}' does not exist; train one with `python -m train.finetune`.")
+    try:
+        model, tokenizer = load_checkpoint(ckpt)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise ExportError(str(e)) from e
+    depth = model.cfg.num_layers
+    n = depth if cfg.layers is None else cfg.layers
+    if not 1 <= n <= depth:
+        raise ExportError(f"--layers {n} is out of range: the checkpoint has {depth} layers (use 1..{depth}).")
+    task = get_task(model.cfg.task)
+    train_cfg = _read_json(ckpt / "train_config.json")
+    max_len = int(train_cfg.get("max_seq_len", 128))
+    max_len = min(max_len, int(getattr(model.backbone.config, "max_position_embeddings", 512)))
+
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        t0 = time.time()
+        roles = export_graphs(model, n, tmp, monolithic=cfg.monolithic)
+        tokenizer.save_pretrained(tmp)
+        _check_tokenizer(tokenizer, tmp, task.text_pair, max_len)
+        report = validate(model, tmp, roles, n, _validation_batch(tokenizer, task.text_pair, max_len), cfg.atol)
+        for r in roles.values():
+            r["sha256"] = sha256_file(tmp / r["file"])
+        tok_files = sorted(p.name for p in tmp.iterdir() if p.suffix != ".onnx")
+        sig = signal_names(model)
+        default = ({"name": "confidence", "threshold": 0.9, "calibration": "uncalibrated default"}
+                   if task.kind == "classification" else
+                   ({"name": "lte", "threshold": 0.5, "calibration": "uncalibrated default"} if model.cfg.lte
+                    else {"name": "fixed", "exit_layer": n, "calibration": "no exit signal: full depth"}))
+        c = model.backbone.config
+        manifest = {
+            "schema_version": M.SCHEMA_VERSION,
+            "task": {"name": task.name, "kind": task.kind, "labels": list(task.labels), "text_pair": task.text_pair,
+                     "metric": task.metric},
+            "backbone": {"model_type": c.model_type, "hidden_size": c.hidden_size,
+                         "num_attention_heads": c.num_attention_heads, "num_hidden_layers": c.num_hidden_layers,
+                         "intermediate_size": getattr(c, "intermediate_size", None), "lte": model.cfg.lte,
+                         "pooling": model.cfg.pooling,
+                         "strategy": train_cfg.get("strategy"), "source_model": train_cfg.get("model") or "all-MiniLM-L6-v2 (packaged)"},
+            "num_layers": n,
+            "max_seq_len": max_len,
+            "precision": "fp32",
+            "tokenizer": {"files": tok_files, "pad_token_id": tokenizer.pad_token_id,
+                          "truncation": "longest_first", "padding": "right, to the longest row of a batch",
+                          "checksums": [{"file": f, "sha256": sha256_file(tmp / f)} for f in tok_files]},
+            "signals": sig,
+            "signal_rules": {"confidence": "max softmax; exit when >= threshold",
+                             "entropy": "softmax entropy (nats); exit when <= threshold",
+                             "lte": "sigmoid(c^T h + b) on the pooled state; exit when >= threshold"},
+            "graphs": roles,
+            "chain": {"order": ["embeddings"] + [f"layer_{i:02d}" for i in range(1, n + 1)],
+                      "hidden_from": M.HIDDEN_OUT, "hidden_to": M.HIDDEN_IN, "mask_input": M.ATTENTION_MASK},
+            "default_policy": default,
+            "validation": report,
+            "source": {"checkpoint": str(ckpt.resolve())},
+            "producer": {"toolkit": "berxit-rt 0.1.0", "torch": torch.__version__, "onnx_opset": OPSET,
+                         "transformers": _version("transformers"), "onnxruntime": _version("onnxruntime"),
+                         "python": platform.python_version(), "export_seconds": round(time.time() - t0, 1)},
+        }
+        write_manifest(tmp, manifest)  # last: its presence marks the folder complete
+        _install(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _install(tmp: Path, out: Path) -> None:
+    """Move the finished folder into place; an existing artifact is replaced only now."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def _read_json(p: Path) -> dict:
+    import json
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def _version(pkg: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version(pkg)
+    except PackageNotFoundError:
+        return None
+
+
+def parse_args(argv: list[str] | None = None) -> ExportConfig:
+    p = argparse.ArgumentParser(prog="python -m export.build", description="Export a multi-exit checkpoint to per-layer ONNX graphs.")
+    p.add_argument("--checkpoint", required=True, help="folder written by `python -m train.finetune`")
+    p.add_argument("--out", required=True, help="artifact folder to write (replaced only when the new one is complete)")
+    p.add_argument("--layers", type=int, default=None, help="export the first N layers (default: all)")
+    p.add_argument("--no-monolithic", action="store_true", help="skip the monolithic reference graph")
+    p.add_argument("--atol", type=float, default=1e-4, help="max abs difference to PyTorch allowed")
+    a = p.parse_args(argv)
+    try:
+        return ExportConfig(a.checkpoint, a.out, a.layers, not a.no_monolithic, a.atol)
+    except ExportError as e:
+        p.error(str(e))
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    try:
+        out = build(cfg)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    m = M.load_manifest(out)
+    v = m.validation
+    print(f"artifact written to {out}: {m.num_layers} layer graphs + embeddings"
+          + (" + monolithic" if m.has_monolithic else "") + f"; max |ONNX - PyTorch| = {v['max_abs_diff']:.2e} "
+          f"(atol {v['atol']:.0e})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""torch modules that become the artifact's graphs, and their ONNX export.
+
+Each wrapper calls the MultiExitModel's own building blocks (embed / layer / head / lte), so a
+graph computes exactly what training evaluated. No graph has control flow: every layer graph
+always computes its exit signals; the host decides.
+
+    EmbeddingsGraph   (input_ids, token_type_ids) -> hidden_states
+    LayerGraph(i)     (hidden_states, attention_mask) -> hidden_states_out, logits, signals...
+    MonolithicGraph   (input_ids, token_type_ids, attention_mask) -> last layer's logits, signals...
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from runtime import manifest as M
+from train.model import MultiExitModel, additive_mask, exit_signals
+
+OPSET = 17
+
+
+def signal_names(model: MultiExitModel) -> list[str]:
+    names = [M.CONFIDENCE, M.ENTROPY] if model.cfg.kind == "classification" else []
+    return names + ([M.LTE] if model.cfg.lte else [])
+
+
+def _head_outputs(model: MultiExitModel, i: int, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    pooled = model.pool(hidden, mask)  # [B, H]
+    logits = model.head(i, pooled)  # [B, C]
+    outs = [logits]
+    if model.cfg.kind == "classification":
+        outs += list(exit_signals(logits))  # confidence [B], entropy [B]
+    if model.cfg.lte:
+        outs.append(model.lte(pooled))  # [B]
+    return tuple(outs)
+
+
+class EmbeddingsGraph(nn.Module):
+    def __init__(self, model: MultiExitModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.embed(input_ids, token_type_ids)
+
+
+class LayerGraph(nn.Module):
+    """Transformer layer i (0-based) + its exit head + exit signals. The additive mask is built
+    inside the graph from the int64 mask (what lets onnxruntime fuse attention)."""
+
+    def __init__(self, model: MultiExitModel, i: int):
+        super().__init__()
+        self.model, self.i = model, i
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        h = self.model.layer(self.i, hidden_states, additive_mask(attention_mask, hidden_states.dtype))
+        return (h,) + _head_outputs(self.model, self.i, h, attention_mask)
+
+
+class MonolithicGraph(nn.Module):
+    """The first `num_layers` layers in one graph, with the last one's head: the reference a
+    plain (no early exit) deployment would run."""
+
+    def __init__(self, model: MultiExitModel, num_layers: int):
+        super().__init__()
+        self.model, self.n = model, num_layers
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor,
+                attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        h = self.model.embed(input_ids, token_type_ids)
+        ext = additive_mask(attention_mask, h.dtype)
+        for i in range(self.n):
+            h = self.model.layer(i, h, ext)
+        return _head_outputs(self.model, self.n - 1, h, attention_mask)
+
+
+def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
+            dynamic: dict[str, dict[int, str]]) -> None:
+    # The TorchScript exporter (dynamo=False): 4x faster here and its graphs keep the mask
+    # pattern onnxruntime's attention fusion matches (../shared/PROBE.md).
+    # Wrappers are new modules (training mode by default); the exporter restores the wrapper's
+    # mode afterwards, recursively, so an un-eval'ed wrapper would leave the model training.
+    module.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
+                          dynamic_axes=dynamic, opset_version=OPSET, do_constant_folding=True, dynamo=False)
+
+
+def export_graphs(model: MultiExitModel, num_layers: int, out_dir: Path, monolithic: bool = True) -> dict[str, dict]:
+    """Write embeddings.onnx, layer_XX.onnx (1..num_layers) and monolithic.onnx into out_dir.
+    Returns role -> {"file", "inputs", "outputs"} (names, dtypes, symbolic shapes)."""
+    model.eval()
+    h, c = model.backbone.config.hidden_size, model.cfg.num_outputs
+    b, s = 2, 8  # example shapes; batch and sequence stay dynamic
+    ids = torch.randint(5, 50, (b, s), dtype=torch.long)
+    tt = torch.zeros((b, s), dtype=torch.long)
+    mask = torch.ones((b, s), dtype=torch.long)
+    mask[1, 5:] = 0
+    hidden = torch.randn(b, s, h)
+    sig = signal_names(model)
+    bs = {0: "batch", 1: "sequence"}
+    vec = {0: "batch"}
+    t_int = {"dtype": "int64", "shape": ["batch", "sequence"]}
+    t_hid = {"dtype": "float32", "shape": ["batch", "sequence", h]}
+    small_out = {M.LOGITS: {"dtype": "float32", "shape": ["batch", c]},
+                 **{n: {"dtype": "float32", "shape": ["batch"]} for n in sig}}
+    dyn_small = {M.LOGITS: vec, **{n: vec for n in sig}}
+    emb_inputs = [M.INPUT_IDS] + ([M.TOKEN_TYPE_IDS] if model.uses_token_types else [])
+    roles: dict[str, dict] = {}
+
+    with torch.no_grad():
+        emb = EmbeddingsGraph(model)
+        emb_args = (ids, tt) if model.uses_token_types else (ids,)
+        if not model.uses_token_types:  # no token-type input: the graph takes input_ids only
+            emb = _NoTokenTypes(emb)
+        _export(emb, emb_args, out_dir / M.EMBEDDINGS_GRAPH, emb_inputs, [M.HIDDEN_IN],
+                {**{n: bs for n in emb_inputs}, M.HIDDEN_IN: bs})
+        roles["embeddings"] = {"file": M.EMBEDDINGS_GRAPH, "inputs": {n: t_int for n in emb_inputs},
+                               "outputs": {M.HIDDEN_IN: t_hid}}
+        for i in range(num_layers):
+            f = M.layer_graph_name(i + 1)
+            _export(LayerGraph(model, i), (hidden, mask), out_dir / f, [M.HIDDEN_IN, M.ATTENTION_MASK],
+                    [M.HIDDEN_OUT, M.LOGITS] + sig, {M.HIDDEN_IN: bs, M.ATTENTION_MASK: bs, M.HIDDEN_OUT: bs, **dyn_small})
+            roles[f"layer_{i + 1:02d}"] = {"file": f, "inputs": {M.HIDDEN_IN: t_hid, M.ATTENTION_MASK: t_int},
+                                           "outputs": {M.HIDDEN_OUT: t_hid, **small_out}}
+        if monolithic:
+            mono = MonolithicGraph(model, num_layers)
+            mono_inputs = emb_inputs + [M.ATTENTION_MASK]
+            args = (ids, tt, mask) if model.uses_token_types else (ids, mask)
+            if not model.uses_token_types:
+                mono = _NoTokenTypes(mono)
+            _export(mono, args, out_dir / M.MONOLITHIC_GRAPH, mono_inputs, [M.LOGITS] + sig,
+                    {**{n: bs for n in mono_inputs}, **dyn_small})
+            roles["monolithic"] = {"file": M.MONOLITHIC_GRAPH, "inputs": {n: t_int for n in mono_inputs},
+                                   "outputs": small_out}
+    return roles
+
+
+class _NoTokenTypes(nn.Module):
+    """Drops the token_type_ids argument for backbones without token types (RoBERTa)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids: torch.Tensor, *rest: torch.Tensor):
+        if isinstance(self.inner, MonolithicGraph):
+            return self.inner(input_ids, torch.zeros_like(input_ids), *rest)
+        return self.inner(input_ids, torch.zeros_like(input_ids))

