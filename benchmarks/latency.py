@@ -33,11 +33,26 @@ from .timing import environment, interleaved, linear_fit, percentiles
 
 log = logging.getLogger("benchmarks.latency")
 
-SWEEP = {
-    "confidence": [0.6, 0.7, 0.8, 0.9, 0.95, 0.99],
-    "entropy": [0.6, 0.5, 0.4, 0.3, 0.2, 0.05],
-    "lte": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
-}
+SWEEP_POLICIES = ("confidence", "entropy", "lte")
+
+
+def spread_thresholds(model: EarlyExitModel, per_layer: list[LayerOutputs], policy: str, points: int) -> list[float]:
+    """Thresholds whose average exit layers spread over (1, L): from a fine grid of signal
+    quantiles, the one closest to each target average exit layer (fixed threshold lists land
+    on 1.0 or L for most models)."""
+    L = len(per_layer)
+    vals = np.concatenate([getattr(o, policy) for o in per_layer[:-1]])
+    grid = np.unique(np.quantile(vals, np.linspace(0, 1, 201)))
+    avg = []
+    for t in grid:
+        t = float(np.clip(t, 0.0, 1.0)) if policy != "entropy" else float(t)
+        avg.append((float(simulate(model.policy(policy, threshold=t), per_layer, model.task.kind).mean()), t))
+    picks = []
+    for target in np.linspace(1 + 0.5 * (L - 1) / points, L - 0.25 * (L - 1) / points, points):
+        a, t = min(avg, key=lambda x: abs(x[0] - target))
+        if t not in picks:
+            picks.append(t)
+    return picks
 
 
 class EagerEarlyExit:
@@ -71,8 +86,9 @@ class EagerEarlyExit:
 
 def run_benchmark(artifact: str, task_name: str, data_dir: str | None = None, max_samples: int | None = None,
                   repeats: int = 3, threads: int | None = None, checkpoint: str | None = None,
-                  eager: bool = True, policies: list[str] | None = None) -> dict:
-    from train.data import load_split  # reads GLUE/SICK files; benchmarks may import train
+                  eager: bool = True, policies: list[str] | None = None, points: int = 6,
+                  thresholds: dict[str, list[float]] | None = None) -> dict:
+    from runtime.datasets import load_split
 
     threads = threads or default_threads()
     model = EarlyExitModel(artifact, threads=threads)
@@ -92,18 +108,13 @@ def run_benchmark(artifact: str, task_name: str, data_dir: str | None = None, ma
                                 for s in ("confidence", "entropy", "lte"))) for i in range(L)]
     full_score = score(task.metric, per_layer[-1].logits, dev.labels, task.kind)
 
-    avail = [p for p in (policies or list(SWEEP)) if p in SWEEP]
     sweep_cfg = []
-    for p in avail:
-        try:
-            pol0 = model.policy(p, threshold=SWEEP[p][0])
-        except Exception:
-            continue  # policy not applicable to this task/model
-        for t in SWEEP[p]:
+    for p in policies or SWEEP_POLICIES:
+        if p not in model.signals:
+            continue  # this model does not output that signal (e.g. confidence on regression)
+        for t in (thresholds or {}).get(p) or spread_thresholds(model, per_layer, p, points):
             pol = model.policy(p, threshold=t)
-            ex = simulate(pol, per_layer, task.kind)
-            sweep_cfg.append((pol, ex))
-        del pol0
+            sweep_cfg.append((pol, simulate(pol, per_layer, task.kind)))
 
     variants = {"monolithic": lambda i: model.run_monolithic(encs[i])}
     forced = {k: model.policy("fixed", exit_layer=k) for k in range(1, L + 1)}
@@ -223,7 +234,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--checkpoint", default=None, help="for the eager comparison (default: the manifest's source)")
     p.add_argument("--no-eager", action="store_true")
-    p.add_argument("--policies", nargs="+", default=None, choices=list(SWEEP))
+    p.add_argument("--policies", nargs="+", default=None, choices=list(SWEEP_POLICIES))
+    p.add_argument("--points", type=int, default=6, help="thresholds per policy, spread over average exit layers")
+    p.add_argument("--thresholds", type=float, nargs="+", default=None,
+                   help="explicit thresholds (instead of spread ones) for the policies given")
     p.add_argument("--out", default="results/latency")
     return p.parse_args(argv)
 
@@ -233,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         res = run_benchmark(args.artifact, args.task, args.data_dir, args.max_samples, args.repeats, args.threads,
-                            args.checkpoint, not args.no_eager, args.policies)
+                            args.checkpoint, not args.no_eager, args.policies, args.points,
+                            {p: args.thresholds for p in (args.policies or SWEEP_POLICIES)} if args.thresholds else None)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

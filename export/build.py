@@ -28,6 +28,13 @@ from runtime.tasks import get_task
 from train.model import MultiExitModel, exit_signals, load_checkpoint
 
 from .graphs import OPSET, export_graphs, signal_names
+from .optimize import fusable_attention, fuse, quantize_int8
+
+
+PRECISIONS = ("fp32", "int8")
+# int8 changes every matmul's rounding: values move by up to a few tenths while predictions
+# mostly stay; its real check is the dev-score change the benchmark reports.
+DEFAULT_ATOL = {"fp32": 1e-4, "int8": 0.5}
 
 
 class ExportError(Exception):
@@ -44,11 +51,19 @@ class ExportConfig:
     out: str
     layers: int | None = None  # None: all layers
     monolithic: bool = True
-    atol: float = 1e-4  # max abs difference allowed between ONNX Runtime and PyTorch
+    fuse: bool = True  # onnxruntime transformer fusion (Attention, SkipLayerNorm, BiasGelu, ...)
+    precision: str = "fp32"  # or "int8" (dynamic quantization, per-channel weights)
+    atol: float | None = None  # max abs difference to PyTorch; default 1e-4 (fp32) / 0.5 (int8)
 
     def __post_init__(self):
-        if self.atol <= 0:
+        if self.precision not in PRECISIONS:
+            raise ExportError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.atol is not None and not self.atol > 0:
             raise ExportError("--atol must be positive")
+
+    @property
+    def tolerance(self) -> float:
+        return self.atol if self.atol is not None else DEFAULT_ATOL[self.precision]
 
 
 _SAMPLE_TEXTS = [("The cat sat on the mat.", "A cat is sitting."),
@@ -166,10 +181,22 @@ def build(cfg: ExportConfig) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         t0 = time.time()
-        roles = export_graphs(model, n, tmp, monolithic=cfg.monolithic)
+        fused: dict[str, dict[str, int]] = {}
+        if cfg.fuse:
+            with fusable_attention(model):
+                roles = export_graphs(model, n, tmp, monolithic=cfg.monolithic)
+            c = model.backbone.config
+            for role, r in roles.items():
+                fused[role] = fuse(tmp / r["file"], c.num_attention_heads, c.hidden_size)
+        else:
+            roles = export_graphs(model, n, tmp, monolithic=cfg.monolithic)
+        if cfg.precision == "int8":
+            for r in roles.values():
+                quantize_int8(tmp / r["file"])
         tokenizer.save_pretrained(tmp)
         _check_tokenizer(tokenizer, tmp, task.text_pair, max_len)
-        report = validate(model, tmp, roles, n, _validation_batch(tokenizer, task.text_pair, max_len), cfg.atol)
+        report = validate(model, tmp, roles, n, _validation_batch(tokenizer, task.text_pair, max_len),
+                          cfg.tolerance)
         for r in roles.values():
             r["sha256"] = sha256_file(tmp / r["file"])
         tok_files = sorted(p.name for p in tmp.iterdir() if p.suffix != ".onnx")
@@ -185,12 +212,16 @@ def build(cfg: ExportConfig) -> Path:
                      "metric": task.metric},
             "backbone": {"model_type": c.model_type, "hidden_size": c.hidden_size,
                          "num_attention_heads": c.num_attention_heads, "num_hidden_layers": c.num_hidden_layers,
-                         "intermediate_size": getattr(c, "intermediate_size", None), "lte": model.cfg.lte,
+                         "intermediate_size": getattr(c, "intermediate_size", None), "vocab_size": c.vocab_size,
+                         "max_position_embeddings": getattr(c, "max_position_embeddings", None), "lte": model.cfg.lte,
                          "pooling": model.cfg.pooling,
                          "strategy": train_cfg.get("strategy"), "source_model": train_cfg.get("model") or "all-MiniLM-L6-v2 (packaged)"},
             "num_layers": n,
             "max_seq_len": max_len,
-            "precision": "fp32",
+            "precision": cfg.precision,
+            "optimization": {"fused": cfg.fuse, "fused_operators": fused,
+                             "int8": ({"method": "onnxruntime quantize_dynamic", "weights": "QInt8 per-channel",
+                                       "ops": ["MatMul", "Attention"]} if cfg.precision == "int8" else None)},
             "tokenizer": {"files": tok_files, "pad_token_id": tokenizer.pad_token_id,
                           "truncation": "longest_first", "padding": "right, to the longest row of a batch",
                           "checksums": [{"file": f, "sha256": sha256_file(tmp / f)} for f in tok_files]},
@@ -246,10 +277,14 @@ def parse_args(argv: list[str] | None = None) -> ExportConfig:
     p.add_argument("--out", required=True, help="artifact folder to write (replaced only when the new one is complete)")
     p.add_argument("--layers", type=int, default=None, help="export the first N layers (default: all)")
     p.add_argument("--no-monolithic", action="store_true", help="skip the monolithic reference graph")
-    p.add_argument("--atol", type=float, default=1e-4, help="max abs difference to PyTorch allowed")
+    p.add_argument("--no-fuse", action="store_true", help="skip onnxruntime's transformer fusion")
+    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+                   help="int8: dynamic quantization of every graph (weights per-channel)")
+    p.add_argument("--atol", type=float, default=None,
+                   help="max abs difference to PyTorch allowed (default 1e-4 for fp32, 0.5 for int8)")
     a = p.parse_args(argv)
     try:
-        return ExportConfig(a.checkpoint, a.out, a.layers, not a.no_monolithic, a.atol)
+        return ExportConfig(a.checkpoint, a.out, a.layers, not a.no_monolithic, not a.no_fuse, a.precision, a.atol)
     except ExportError as e:
         p.error(str(e))
 

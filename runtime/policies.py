@@ -47,8 +47,15 @@ class ExitPolicy:
     threshold: float | None = None  # confidence / entropy / lte / patience tolerance (regression)
     exit_layer: int | None = None  # fixed
     patience: int | None = None  # patience
+    per_layer: tuple[float, ...] | None = None  # one threshold per layer (calibrated), overrides threshold
+
+    def at(self, layer: int) -> float:
+        """The threshold that applies after 1-based `layer`."""
+        return self.per_layer[layer - 1] if self.per_layer is not None else self.threshold
 
     def describe(self) -> str:
+        if self.per_layer is not None:
+            return f"{self.name}(per_layer={[round(t, 4) for t in self.per_layer]})"
         if self.name == "fixed":
             return f"fixed(exit_layer={self.exit_layer})"
         if self.name == "patience":
@@ -82,15 +89,15 @@ class _Spec:
 
 
 def _confidence(p: ExitPolicy, layer: int, out: LayerOutputs, st: PolicyState, kind: str) -> np.ndarray:
-    return out.confidence >= p.threshold
+    return out.confidence >= p.at(layer)
 
 
 def _entropy(p: ExitPolicy, layer: int, out: LayerOutputs, st: PolicyState, kind: str) -> np.ndarray:
-    return out.entropy <= p.threshold
+    return out.entropy <= p.at(layer)
 
 
 def _lte(p: ExitPolicy, layer: int, out: LayerOutputs, st: PolicyState, kind: str) -> np.ndarray:
-    return out.lte >= p.threshold
+    return out.lte >= p.at(layer)
 
 
 def _fixed(p: ExitPolicy, layer: int, out: LayerOutputs, st: PolicyState, kind: str) -> np.ndarray:
@@ -121,8 +128,16 @@ POLICIES: dict[str, _Spec] = {
 
 def make_policy(name: str, *, task_kind: str, num_layers: int, signals: tuple[str, ...] | list[str],
                 num_classes: int = 2, threshold: float | None = None, exit_layer: int | None = None,
-                patience: int | None = None) -> ExitPolicy:
+                patience: int | None = None, per_layer: list[float] | None = None) -> ExitPolicy:
     """Check `name` and its values against the model and return the policy, or raise PolicyError."""
+    if per_layer is not None:
+        if name not in ("confidence", "entropy", "lte"):
+            raise PolicyError(f"per-layer thresholds apply to confidence, entropy and lte, not '{name}'.")
+        if len(per_layer) != num_layers:
+            raise PolicyError(f"{len(per_layer)} per-layer thresholds for a model with {num_layers} layers.")
+        checked = [make_policy(name, task_kind=task_kind, num_layers=num_layers, signals=signals,
+                               num_classes=num_classes, threshold=t).threshold for t in per_layer]
+        return ExitPolicy(name, threshold=checked[0], per_layer=tuple(checked))
     if name not in POLICIES:
         raise PolicyError(f"unknown policy '{name}'; choose one of {', '.join(POLICIES)}.")
     spec = POLICIES[name]

@@ -177,15 +177,16 @@ class EarlyExitModel:
 
     # -- policies -------------------------------------------------------------------------
     def policy(self, name: str | None = None, threshold: float | None = None, exit_layer: int | None = None,
-               patience: int | None = None) -> ExitPolicy:
+               patience: int | None = None, per_layer: list[float] | None = None) -> ExitPolicy:
         """A policy checked against this model; with no name, the manifest's default."""
         if name is None:
             d = self.manifest.default_policy or {"name": "fixed", "exit_layer": self.num_layers}
             name, threshold = d.get("name"), d.get("threshold")
             exit_layer, patience = d.get("exit_layer"), d.get("patience")
+            per_layer = d.get("per_layer_thresholds")
         return make_policy(name, task_kind=self.task.kind, num_layers=self.num_layers, signals=self.signals,
                            num_classes=max(self.num_outputs, 2), threshold=threshold, exit_layer=exit_layer,
-                           patience=patience)
+                           patience=patience, per_layer=per_layer)
 
     # -- buffers --------------------------------------------------------------------------
     def _get(self, b: int, s: int) -> tuple[_Buffers, threading.Lock]:

@@ -57,3 +57,27 @@ def test_latency_benchmark_refuses_other_task(rte_art, data_dir, tmp_path, capsy
     code = latency_main(["--artifact", str(rte_art), "--task", "sst2", "--data-dir", str(data_dir),
                          "--out", str(tmp_path)])
     assert code == 2 and "trained for task 'rte'" in capsys.readouterr().err
+
+
+def test_throughput_benchmark_batches_keep_decisions(rte_art, data_dir, tmp_path):
+    from benchmarks.throughput import main as tp_main
+    out = tmp_path / "tp"
+    assert tp_main(["--artifact", str(rte_art), "--task", "rte", "--data-dir", str(data_dir), "--batch-sizes", "1", "4",
+                    "--policy", "confidence", "--threshold", "0.7", "--repeats", "1", "--out", str(out)]) == 0
+    r = json.loads((out / "throughput.json").read_text())
+    assert [row["batch_size"] for row in r["rows"]] == [1, 4]
+    for row in r["rows"]:
+        assert row["exit_layers_equal_batch1"]  # compaction in batches takes the batch-1 decisions
+        assert set(row["throughput_rows_per_s"]) == {"early_exit", "full_chain", "monolithic"}
+    assert 1.0 <= r["avg_exit_layer"] <= 2.0 and (out / "throughput.png").is_file()
+
+
+def test_scaling_benchmark(rte_art, tmp_path):
+    from benchmarks.scaling import main as sc_main
+    out = tmp_path / "sc"
+    assert sc_main(["--artifact", str(rte_art), "--seq-lens", "8", "64", "512", "--repeats", "1", "--out", str(out)]) == 0
+    r = json.loads((out / "scaling.json").read_text())
+    assert [row["seq_len"] for row in r["rows"]] == [8, 64]  # 512 > the tiny model's 128 positions: skipped
+    assert len(r["rows"][0]["exit_at_layer_ms_mean"]) == 2
+    m = r["memory"]["with_monolithic"]
+    assert m["peak_rss_mib_loaded_and_served"] >= m["peak_rss_mib_after_imports"] > 10

@@ -148,3 +148,32 @@ def test_single_text_mean_pooling_without_lte(sst2_ckpt, data_dir, tmp_path):
     with pytest.raises(PolicyError, match="--lte"):
         rt.policy("lte", threshold=0.5)
     assert rt.predict(["good movie."])[0].label in ("negative", "positive")
+
+
+def test_fused_graphs_record_their_fusions(rte_art):
+    from export.optimize import op_counts
+    m = load_manifest(rte_art)
+    fused = m.raw["optimization"]["fused_operators"]
+    for role in ("layer_01", "layer_02"):
+        assert fused[role].get("Attention") == 1 and fused[role].get("SkipLayerNormalization") == 2
+        ops = op_counts(rte_art / m.graphs[role].file)
+        assert ops.get("Attention") == 1 and "LogSoftmax" in ops  # fused attention + the exit signals
+    assert fused["monolithic"].get("Attention") == 2
+
+
+def test_unfused_and_int8_exports(rte_ckpt, data_dir, tmp_path):
+    from export.build import ExportConfig, build
+    from export.optimize import op_counts
+    plain = build(ExportConfig(str(rte_ckpt), str(tmp_path / "plain"), fuse=False))
+    q = build(ExportConfig(str(rte_ckpt), str(tmp_path / "int8"), precision="int8"))
+    assert "Attention" not in op_counts(plain / "layer_01.onnx")
+    ops = op_counts(q / "layer_01.onnx")
+    assert ops.get("DynamicQuantizeLinear", 0) + ops.get("MatMulInteger", 0) > 0
+    mq = load_manifest(q)
+    assert mq.raw["precision"] == "int8" and mq.validation["atol"] == 0.5
+    dev = load_split("rte", "dev", data_dir)
+    a, b = EarlyExitModel(plain, threads=1), EarlyExitModel(q, threads=1)
+    la = a.layer_outputs(a.encode(dev.text_a, dev.text_b))
+    lb = b.layer_outputs(b.encode(dev.text_a, dev.text_b))
+    agree = np.mean(la[-1].logits.argmax(1) == lb[-1].logits.argmax(1))
+    assert agree >= 0.8  # int8 keeps most predictions of the fp32 model

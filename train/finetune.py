@@ -48,6 +48,7 @@ class TrainConfig:
     epochs: float = 3.0
     batch_size: int = 32
     lr: float = 2e-5
+    head_lr: float | None = None  # exit heads and LTE (default: lr)
     weight_decay: float = 0.0
     max_seq_len: int = 128
     max_train_samples: int | None = None
@@ -100,7 +101,10 @@ def finetune(cfg: TrainConfig, progress: bool = True) -> dict:
     t0 = time.time()
     for stage in strategy.stages:
         total = max(1, int(round(cfg.epochs * steps_per_epoch)))
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        head_params = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
+        opt = torch.optim.AdamW([{"params": list(model.backbone.parameters()), "lr": cfg.lr},
+                                 {"params": head_params, "lr": cfg.head_lr or cfg.lr}],
+                                weight_decay=cfg.weight_decay)
         sched = _linear_schedule(opt, total)
         model.train()
         step = 0
@@ -163,6 +167,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--head-lr", type=float, default=None, help="learning rate of the exit heads and LTE (default: --lr)")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--max-seq-len", type=int, default=128)
     p.add_argument("--max-train-samples", type=int, default=None)
@@ -173,7 +178,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     a = p.parse_args(argv)
     try:
         return TrainConfig(task=a.task, out=a.out, model=a.model, data_dir=a.data_dir, strategy=a.strategy,
-                           lte=a.lte, pooling=a.pooling, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
+                           lte=a.lte, pooling=a.pooling, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, head_lr=a.head_lr, weight_decay=a.weight_decay,
                            max_seq_len=a.max_seq_len, max_train_samples=a.max_train_samples,
                            max_eval_samples=a.max_eval_samples, seed=a.seed, threads=a.threads)
     except ValueError as e:
