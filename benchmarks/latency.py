@@ -8,7 +8,7 @@ process (see timing.interleaved), so the ratios below are measured under the sam
   sweep            per policy and threshold: score, avg exit layer, latency, speed-ups vs full
                    chain and vs monolithic, layer_estimate = L / avg exit layer, and
                    realization = measured speed-up vs full chain / layer_estimate
-  eager            PyTorch eager early exit at the very same exit decisions
+  eager            PyTorch eager early exit at the very same exit decisions (own block, settled calls)
   env              versions, threads, CPU, git commit
 
 Speed-ups are ratios of *mean* latency (total time over the split), the quantity the average
@@ -87,7 +87,7 @@ class EagerEarlyExit:
 def run_benchmark(artifact: str, task_name: str, data_dir: str | None = None, max_samples: int | None = None,
                   repeats: int = 3, threads: int | None = None, checkpoint: str | None = None,
                   eager: bool = True, policies: list[str] | None = None, points: int = 6,
-                  thresholds: dict[str, list[float]] | None = None) -> dict:
+                  thresholds: dict[str, list[float]] | None = None, settle_ms: float = 10.0) -> dict:
     from runtime.datasets import load_split
 
     threads = threads or default_threads()
@@ -115,6 +115,11 @@ def run_benchmark(artifact: str, task_name: str, data_dir: str | None = None, ma
         for t in (thresholds or {}).get(p) or spread_thresholds(model, per_layer, p, points):
             pol = model.policy(p, threshold=t)
             sweep_cfg.append((pol, simulate(pol, per_layer, task.kind)))
+    default = model.manifest.default_policy
+    if default.get("calibration") and isinstance(default["calibration"], dict):  # written by runtime.calibrate
+        pol = model.policy()
+        sweep_cfg.append((pol, simulate(pol, per_layer, task.kind)))
+    calibrated_index = len(sweep_cfg) - 1 if default.get("calibration") and isinstance(default["calibration"], dict) else None
 
     variants = {"monolithic": lambda i: model.run_monolithic(encs[i])}
     forced = {k: model.policy("fixed", exit_layer=k) for k in range(1, L + 1)}
@@ -123,16 +128,21 @@ def run_benchmark(artifact: str, task_name: str, data_dir: str | None = None, ma
     for j, (pol, _) in enumerate(sweep_cfg):
         variants[f"sweep_{j}"] = (lambda pol: lambda i: model.run(encs[i], pol))(pol)
 
-    # Eager early exit at the same decisions: full depth and a few sweep points.
-    eager_runner, eager_points = None, []
+    # Eager early exit at the same decisions: full depth and a few sweep points. Timed in a
+    # block of its own, each call after an untimed pause: interleaving torch and onnxruntime
+    # call by call lets one runtime's still-spinning threads slow the other (measured here:
+    # eager 3x slower than alone). Each eager variant has an onnx twin at the same decisions.
+    eager_runner, eager_points, eager_variants = None, [], {}
     ckpt = checkpoint or model.manifest.raw.get("source", {}).get("checkpoint")
     if eager and ckpt and Path(ckpt).is_dir():
         eager_runner = EagerEarlyExit(ckpt, threads)
         picks = sorted({0, len(sweep_cfg) // 2, len(sweep_cfg) - 1}) if sweep_cfg else []
         eager_points = [("full", np.full(n, L))] + [(f"sweep_{j}", sweep_cfg[j][1]) for j in picks]
         for name, ex in eager_points:
-            variants[f"eager_{name}"] = (lambda ex: lambda i: eager_runner.run(
+            eager_variants[f"eager_{name}"] = (lambda ex: lambda i: eager_runner.run(
                 encs[i].input_ids, encs[i].token_type_ids, encs[i].attention_mask, int(ex[i])))(ex)
+            pol = forced[L] if name == "full" else sweep_cfg[int(name.split("_")[1])][0]
+            eager_variants[f"onnx_{name}"] = (lambda pol: lambda i: model.run(encs[i], pol))(pol)
     elif eager:
         log.warning("eager comparison skipped: checkpoint '%s' not found (pass --checkpoint).", ckpt)
 
@@ -145,6 +155,9 @@ def run_benchmark(artifact: str, task_name: str, data_dir: str | None = None, ma
     total = repeats * n
     step = max(1, total // 20)
     med = interleaved(variants, n, repeats, progress=lambda d, t: (d % step == 0) and log.info("timed %d/%d", d, t))
+    if eager_variants:
+        log.info("timing eager vs onnx at the same decisions (settled calls)")
+        med.update(interleaved(eager_variants, n, repeats, settle_ms=settle_ms))
 
     full = med[f"forced_{L}"].mean()
     mono = med["monolithic"].mean()
@@ -170,19 +183,21 @@ def run_benchmark(artifact: str, task_name: str, data_dir: str | None = None, ma
         sc = score(task.metric, predictions_at_exit(per_layer, ex), dev.labels, task.kind)
         sp_full = float(full / t.mean())
         est = L / avg
-        sweep.append({"policy": pol.name, "threshold": pol.threshold, "score": sc,
+        sweep.append({"policy": pol.name, "threshold": pol.threshold, "calibrated_default": j == calibrated_index,
+                      **({"per_layer_thresholds": list(pol.per_layer)} if pol.per_layer else {}), "score": sc,
                       "relative_score": sc / full_score if full_score else None, "avg_exit_layer": avg,
                       **percentiles(t), "speedup_vs_full_chain": sp_full, "speedup_vs_monolithic": float(mono / t.mean()),
                       "layer_estimate": est, "realization": sp_full / est})
     result["sweep"] = sweep
     eager_rows = []
     for name, ex in eager_points:
-        onnx_t = med[f"forced_{L}"] if name == "full" else med[name]
+        onnx_t = med[f"onnx_{name}"]
         e = med[f"eager_{name}"]
         eager_rows.append({"decisions": "full depth" if name == "full" else
                            f"{sweep_cfg[int(name.split('_')[1])][0].describe()}",
                            "avg_exit_layer": float(ex.mean()), "eager": percentiles(e),
                            "onnx_chain_latency_ms_mean": float(onnx_t.mean()),
+                           "timing": f"own interleaved block, {settle_ms:g} ms untimed pause before every call",
                            "speedup_onnx_vs_eager": float(e.mean() / onnx_t.mean())})
     result["eager"] = eager_rows
     result["env"] = environment(threads)

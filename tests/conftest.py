@@ -46,6 +46,35 @@ def tiny_backbone_dir(folder: Path, layers: int = 2, seed: int = 0) -> Path:
     return folder
 
 
+def tiny_family_dir(folder: Path, family: str, layers: int = 2, seed: int = 0) -> Path:
+    """A random tiny backbone of another family (same WordPiece tokenizer; the family is the
+    architecture, the tokenizer does not matter to these tests)."""
+    import torch
+    from transformers import AlbertConfig, AlbertModel, DistilBertConfig, DistilBertModel, RobertaConfig, RobertaModel
+    if family == "bert":
+        return tiny_backbone_dir(folder, layers, seed)
+    tok = make_tokenizer(folder)
+    torch.manual_seed(seed)
+    common = dict(vocab_size=len(tok), max_position_embeddings=130, initializer_range=0.5, pad_token_id=0)
+    if family == "roberta":
+        m = RobertaModel(RobertaConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+                                       intermediate_size=37, type_vocab_size=1, **common), add_pooling_layer=False)
+    elif family == "albert":
+        m = AlbertModel(AlbertConfig(embedding_size=16, hidden_size=32, num_hidden_layers=layers, num_hidden_groups=1,
+                                     num_attention_heads=4, intermediate_size=37, type_vocab_size=2, **common),
+                        add_pooling_layer=False)
+    elif family == "distilbert":
+        m = DistilBertModel(DistilBertConfig(dim=32, n_layers=layers, n_heads=4, hidden_dim=37, **common))
+    else:
+        raise ValueError(family)
+    m.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+FAMILIES = ("bert", "roberta", "albert", "distilbert")
+
+
 def _sentence(rng: random.Random, n: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n)) + "."
 
@@ -98,6 +127,11 @@ def write_task_data(root: Path, rows: int = 64, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     return tiny_backbone_dir(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session", params=FAMILIES)
+def family_dir(request, tmp_path_factory) -> tuple[str, Path]:
+    return request.param, tiny_family_dir(tmp_path_factory.mktemp(f"tiny_{request.param}"), request.param)
 
 
 @pytest.fixture(scope="session")

@@ -81,3 +81,27 @@ def test_scaling_benchmark(rte_art, tmp_path):
     assert len(r["rows"][0]["exit_at_layer_ms_mean"]) == 2
     m = r["memory"]["with_monolithic"]
     assert m["peak_rss_mib_loaded_and_served"] >= m["peak_rss_mib_after_imports"] > 10
+
+
+def test_concurrency_benchmark(rte_art, data_dir, tmp_path):
+    from benchmarks.concurrency import main as cc_main
+    out = tmp_path / "cc"
+    assert cc_main(["--artifact", str(rte_art), "--task", "rte", "--data-dir", str(data_dir), "--clients", "1", "3",
+                    "--intra-op", "1", "--requests", "20", "--rounds", "1", "--out", str(out)]) == 0
+    r = json.loads((out / "concurrency.json").read_text())
+    row = r["rows"][0]
+    assert row["intra_op_threads"] == 1 and row["results_equal_serial"]
+    assert set(row["throughput_rows_per_s_median"]) == {"1", "3"}
+
+
+def test_precision_benchmark(rte_ckpt, rte_art, data_dir, tmp_path):
+    from benchmarks.precision import main as pr_main
+    from export.build import ExportConfig, build
+    q = build(ExportConfig(str(rte_ckpt), str(tmp_path / "q"), precision="int8"))
+    out = tmp_path / "pr"
+    assert pr_main(["--artifacts", str(rte_art), str(q), "--task", "rte", "--data-dir", str(data_dir),
+                    "--max-samples", "6", "--repeats", "1", "--out", str(out)]) == 0
+    r = json.loads((out / "precision.json").read_text())
+    assert [x["precision"] for x in r["rows"]] == ["fp32", "int8"]
+    assert r["rows"][0]["mono_speedup_vs_first"] == pytest.approx(1.0)
+    assert r["rows"][0]["score_change_vs_first_points"] == 0.0

@@ -208,3 +208,31 @@ def test_policy_errors_from_the_model_api(rte_art):
         rt.policy("patience", patience=0)
     with pytest.raises(InputError, match="no text"):
         rt.predict([], [])
+
+
+def test_predict_batch_file(rte_art, tmp_path, capsys):
+    f = tmp_path / "in.tsv"
+    f.write_text("the man plays guitar.\tsomeone plays music.\na cat.\ta dog.\n\nthe dog runs.\tnobody runs.\n")
+    code, out, _ = _predict(capsys, "--artifact", str(rte_art), "--policy", "fixed", "--exit-layer", "2",
+                            "--input", str(f), "--batch-size", "2")
+    rows = [json.loads(x) for x in out.splitlines()]
+    assert code == 0 and [r["row"] for r in rows] == [0, 1, 2] and all(r["exit_layer"] == 2 for r in rows)
+
+
+@pytest.mark.parametrize("content,msg", [
+    (b"\xff\xfe not utf8\tx\n", "not valid UTF-8"),
+    (b"one text only\n", "two tab-separated texts"),
+    (b"\n\n", "holds no text"),
+])
+def test_predict_batch_file_errors(rte_art, tmp_path, capsys, content, msg):
+    f = tmp_path / "in.tsv"
+    f.write_bytes(content)
+    code, _, err = _predict(capsys, "--artifact", str(rte_art), "--input", str(f))
+    assert code == 2 and msg in err
+    code, _, err = _predict(capsys, "--artifact", str(rte_art), "--input", str(tmp_path / "missing.tsv"))
+    assert code == 2 and "cannot read" in err
+
+
+def test_predict_needs_text_or_input(rte_art, capsys):
+    with pytest.raises(SystemExit):
+        predict_main(["--artifact", str(rte_art)])

@@ -12,6 +12,8 @@ from train.strategies import Strategy, lte_targets, objective, train_step
 
 
 def _model(tiny_dir, kind="classification", lte=True) -> MultiExitModel:
+    if isinstance(tiny_dir, tuple):  # (family, folder) from the family_dir fixture
+        tiny_dir = tiny_dir[1]
     torch.manual_seed(0)
     backbone, _ = load_backbone(str(tiny_dir))
     c = 2 if kind == "classification" else 1
@@ -56,8 +58,8 @@ def _step(m, plan, opt):
 
 
 @pytest.mark.parametrize("kind", ["classification", "regression"])
-def test_joint_updates_everything(tiny_dir, kind):
-    m = _model(tiny_dir, kind)
+def test_joint_updates_everything(family_dir, kind):
+    m = _model(family_dir, kind)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
     stage = Strategy.JOINT.stages[0]
     for k in (1, 2):
@@ -65,8 +67,8 @@ def test_joint_updates_everything(tiny_dir, kind):
         assert all(ch.values()), ch
 
 
-def test_two_stage_second_stage_freezes_backbone_and_final_head(tiny_dir):
-    m = _model(tiny_dir)
+def test_two_stage_second_stage_freezes_backbone_and_final_head(family_dir):
+    m = _model(family_dir)
     s1, s2 = Strategy.TWO_STAGE.stages
     n = m.cfg.num_layers
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
@@ -81,8 +83,8 @@ def test_two_stage_second_stage_freezes_backbone_and_final_head(tiny_dir):
         assert ch["head_0"] and ch["lte"]
 
 
-def test_alternating_odd_steps_leave_other_heads_unchanged(tiny_dir):
-    m = _model(tiny_dir)
+def test_alternating_odd_steps_leave_other_heads_unchanged(family_dir):
+    m = _model(family_dir)
     stage = Strategy.ALTERNATING.stages[0]
     n = m.cfg.num_layers
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)

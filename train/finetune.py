@@ -30,7 +30,7 @@ from runtime.tasks import TASKS, get_task
 
 from .data import collate, load_split, tokenize, train_batches
 from .evaluate import collect_layer_outputs, default_thresholds, exit_sweep, layer_scores, save_layer_outputs
-from .model import ExitConfig, MultiExitModel, load_backbone, save_checkpoint
+from .model import ExitConfig, MultiExitModel, load_backbone, save_checkpoint, truncate_backbone
 from .strategies import Strategy, train_step
 
 log = logging.getLogger("train.finetune")
@@ -55,6 +55,8 @@ class TrainConfig:
     max_eval_samples: int | None = None
     seed: int = 42
     threads: int | None = None
+    limit_layer: int | None = None  # strategy "limit": keep the first N layers, one exit
+
 
     def __post_init__(self):
         get_task(self.task)
@@ -63,6 +65,8 @@ class TrainConfig:
             raise ValueError("epochs, batch size and learning rate must be positive")
         if not 8 <= self.max_seq_len <= 512:
             raise ValueError(f"max_seq_len must lie in [8, 512], got {self.max_seq_len}")
+        if (self.strategy == "limit") != (self.limit_layer is not None):
+            raise ValueError("--limit-layer N goes with --strategy limit (and only with it)")
 
 
 def _seed(seed: int) -> random.Random:
@@ -85,6 +89,8 @@ def finetune(cfg: TrainConfig, progress: bool = True) -> dict:
     train = load_split(cfg.task, "train", cfg.data_dir).head(cfg.max_train_samples)
     dev = load_split(cfg.task, "dev", cfg.data_dir).head(cfg.max_eval_samples)
     backbone, tokenizer = load_backbone(cfg.model)
+    if cfg.limit_layer is not None:
+        backbone = truncate_backbone(backbone, cfg.limit_layer)
     n_layers = backbone.config.num_hidden_layers
     model = MultiExitModel(backbone, ExitConfig(task.name, task.kind, task.num_outputs, n_layers, cfg.lte,
                                                  pooling=cfg.pooling))
@@ -174,13 +180,16 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--max-eval-samples", type=int, default=None)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--limit-layer", type=int, default=None,
+                   help="with --strategy limit: keep the first N layers and train one exit there")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
     a = p.parse_args(argv)
     try:
         return TrainConfig(task=a.task, out=a.out, model=a.model, data_dir=a.data_dir, strategy=a.strategy,
                            lte=a.lte, pooling=a.pooling, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, head_lr=a.head_lr, weight_decay=a.weight_decay,
                            max_seq_len=a.max_seq_len, max_train_samples=a.max_train_samples,
-                           max_eval_samples=a.max_eval_samples, seed=a.seed, threads=a.threads)
+                           max_eval_samples=a.max_eval_samples, seed=a.seed, threads=a.threads,
+                           limit_layer=a.limit_layer)
     except ValueError as e:
         p.error(str(e))
 

@@ -14,6 +14,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +22,53 @@ from torch import nn
 
 POOLINGS = ("cls", "mean")
 
-# Backbone families whose layers run as `layer(hidden, additive_mask)` on `encoder.layer`.
-SUPPORTED_MODEL_TYPES = ("bert", "roberta")
+
+
+@dataclass(frozen=True)
+class Family:
+    """Where a backbone family keeps its embeddings and layers (stock `transformers` classes).
+    Every layer is called as `layer(hidden [B, S, H], additive_mask [B, 1, 1, S])`."""
+
+    embed: Callable[[nn.Module, torch.Tensor, torch.Tensor | None], torch.Tensor]
+    layer: Callable[[nn.Module, int], nn.Module]
+    pooler_kwarg: bool  # from_pretrained/from_config accept add_pooling_layer
+
+
+def _albert_embed(b: nn.Module, ids: torch.Tensor, tt: torch.Tensor | None) -> torch.Tensor:
+    # ALBERT factorises embeddings (E < H): the projection to H belongs to the embeddings stage.
+    return b.encoder.embedding_hidden_mapping_in(b.embeddings(input_ids=ids, token_type_ids=tt))
+
+
+def _albert_layer(b: nn.Module, i: int) -> nn.Module:
+    # Shared weights: layer i runs the group that holds it (one group: the same weights for all).
+    c = b.config
+    return b.encoder.albert_layer_groups[int(i / (c.num_hidden_layers / c.num_hidden_groups))]
+
+
+FAMILIES: dict[str, Family] = {
+    "bert": Family(lambda b, ids, tt: b.embeddings(input_ids=ids, token_type_ids=tt), lambda b, i: b.encoder.layer[i], True),
+    "roberta": Family(lambda b, ids, tt: b.embeddings(input_ids=ids, token_type_ids=tt), lambda b, i: b.encoder.layer[i], True),
+    "albert": Family(_albert_embed, _albert_layer, True),
+    "distilbert": Family(lambda b, ids, tt: b.embeddings(input_ids=ids), lambda b, i: b.transformer.layer[i], False),
+}
+SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
+
+
+def truncate_backbone(backbone: nn.Module, layers: int) -> nn.Module:
+    """Keep the first `layers` transformer layers (the Limit baseline); config follows."""
+    c = backbone.config
+    depth = c.num_hidden_layers
+    if not 1 <= layers <= depth:
+        raise ValueError(f"--limit-layer {layers} is out of range: the backbone has {depth} layers.")
+    mt = c.model_type
+    if mt in ("bert", "roberta"):
+        backbone.encoder.layer = backbone.encoder.layer[:layers]
+    elif mt == "distilbert":
+        backbone.transformer.layer = backbone.transformer.layer[:layers]
+    elif mt == "albert" and c.num_hidden_groups != 1:
+        raise ValueError("the Limit baseline on ALBERT needs num_hidden_groups == 1")
+    c.num_hidden_layers = layers  # ALBERT: shared weights, the loop count is the depth
+    return backbone
 
 
 @dataclass(frozen=True)
@@ -84,6 +130,7 @@ class MultiExitModel(nn.Module):
         if cfg.num_layers != depth:
             raise ValueError(f"ExitConfig.num_layers={cfg.num_layers} but the backbone has {depth} layers")
         self.backbone = backbone
+        self.family = FAMILIES[model_type]
         self.cfg = cfg
         h = backbone.config.hidden_size
         self.dropout = nn.Dropout(cfg.head_dropout)
@@ -95,10 +142,6 @@ class MultiExitModel(nn.Module):
 
     # -- building blocks (export wraps these one by one) ----------------------------------
     @property
-    def layers(self) -> nn.ModuleList:
-        return self.backbone.encoder.layer
-
-    @property
     def uses_token_types(self) -> bool:
         return getattr(self.backbone.config, "type_vocab_size", 0) > 1
 
@@ -106,11 +149,11 @@ class MultiExitModel(nn.Module):
         """[B, S] ids -> [B, S, H] hidden states."""
         if not self.uses_token_types:
             token_type_ids = None
-        return self.backbone.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        return self.family.embed(self.backbone, input_ids, token_type_ids)
 
     def layer(self, i: int, hidden: torch.Tensor, ext_mask: torch.Tensor) -> torch.Tensor:
         """Run 0-based transformer layer i: [B, S, H] -> [B, S, H]."""
-        out = self.layers[i](hidden, ext_mask)
+        out = self.family.layer(self.backbone, i)(hidden, ext_mask)
         return out[0] if isinstance(out, tuple) else out
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -164,7 +207,10 @@ def load_backbone(name_or_path: str | None):
     path = name_or_path or packaged_minilm_path()
     try:
         config = AutoConfig.from_pretrained(path)
-        kwargs = {"add_pooling_layer": False} if config.model_type in ("bert", "roberta") else {}
+        if config.model_type not in FAMILIES:
+            raise ValueError(f"backbone type '{config.model_type}' is not supported; supported: "
+                             f"{', '.join(FAMILIES)}.")
+        kwargs = {"add_pooling_layer": False} if FAMILIES[config.model_type].pooler_kwarg else {}
         backbone = AutoModel.from_pretrained(path, attn_implementation="eager", **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
     except OSError as e:
@@ -204,7 +250,7 @@ def load_checkpoint(ckpt: str | os.PathLike) -> tuple[MultiExitModel, object]:
     cfg = ExitConfig(**json.loads((ckpt / CONFIG_FILE).read_text()))
     config = AutoConfig.from_pretrained(ckpt)
     config._attn_implementation = "eager"
-    kwargs = {"add_pooling_layer": False} if config.model_type in ("bert", "roberta") else {}
+    kwargs = {"add_pooling_layer": False} if FAMILIES[config.model_type].pooler_kwarg else {}
     backbone = AutoModel.from_config(config, attn_implementation="eager", **kwargs)
     model = MultiExitModel(backbone, cfg)
     missing, unexpected = model.load_state_dict(load_file(str(ckpt / WEIGHTS_FILE)), strict=False)

@@ -9,6 +9,8 @@ so "which parameters a step updates" follows exactly from the objective:
     two_stage    stage 1: L_n over backbone + head_n                    (eq. 4)
                  stage 2: sum_{i<n} L_i over heads 1..n-1 (backbone frozen) (eq. 5)
     alternating  one stage: odd steps L_n (eq. 6), even steps sum_i L_i (eq. 7)
+    limit        the backbone cut to its first i layers, one exit at layer i, trained alone
+                 (section 6's Limit: an upper bound for exiting at layer i); cut with --limit-layer
 
 With LTE, every L_i becomes L_i + J_i (section 4.2), J_i = (u_i - u~_i)^2 with u~_i from
 eq. 10 (classification: 1[argmax = y]) or eq. 11 (regression: 1 - tanh|pred - y|).
@@ -50,15 +52,18 @@ ALTERNATING = (
     Stage("alternating", lambda k, n: StepPlan((n - 1,), True) if k % 2 == 1 else StepPlan(_all(n), True)),
 )
 
+LIMIT = (Stage("limit", lambda k, n: StepPlan((n - 1,), True)),)
+
 
 class Strategy(Enum):
     JOINT = "joint"
     TWO_STAGE = "two_stage"
     ALTERNATING = "alternating"
+    LIMIT = "limit"
 
     @property
     def stages(self) -> tuple[Stage, ...]:
-        return {"joint": JOINT, "two_stage": TWO_STAGE, "alternating": ALTERNATING}[self.value]
+        return {"joint": JOINT, "two_stage": TWO_STAGE, "alternating": ALTERNATING, "limit": LIMIT}[self.value]
 
 
 def lte_targets(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:

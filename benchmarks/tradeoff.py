@@ -1,0 +1,164 @@
+"""`python -m benchmarks.tradeoff --runs CKPT [CKPT ...] --out DIR`
+
+Quality-efficiency analysis from the raw per-layer dev outputs every checkpoint saves
+(dev_layer_outputs.npz): no model is run, so curves can be recomputed at will.
+
+  layer_wise   score of every exit when all rows exit there, per run (paper figs. 2-3)
+  tradeoff     confidence (or LTE) exit: score vs average exit layer over a threshold sweep,
+               and its upper envelope (best score at <= a given average exit layer) (figs. 4-5)
+  area         area of one strategy's envelope above the other's (section 5.3's metric), in
+               relative-score percentage points x layers, over the common range
+  patience     PABEE exits at every patience, for LTE-vs-patience at matched scores (table 3)
+Scores are relative to the Two-stage run's final layer when one is given (the paper's 100%),
+else to each run's own final layer (marked in the output).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from runtime.metrics import score
+from runtime.policies import LayerOutputs, make_policy, predictions_at_exit, simulate
+from runtime.tasks import get_task
+from train.evaluate import load_layer_outputs
+
+
+def sweep(per_layer: list[LayerOutputs], gold: np.ndarray, task, policy: str, grid: int = 101) -> list[dict]:
+    """(threshold, score, avg exit layer) over thresholds at signal quantiles."""
+    L = len(per_layer)
+    sig = np.concatenate([getattr(o, policy) for o in per_layer[:-1]]) if L > 1 else getattr(per_layer[0], policy)
+    qs = np.unique(np.quantile(sig, np.linspace(0, 1, grid)))
+    pts = []
+    for t in qs:
+        t = float(np.clip(t, 0, 1)) if policy != "entropy" else float(t)
+        p = make_policy(policy, task_kind=task.kind, num_layers=L, signals=(policy,), num_classes=max(task.num_outputs, 2),
+                        threshold=t)
+        ex = simulate(p, per_layer, task.kind)
+        pts.append({"threshold": t, "score": score(task.metric, predictions_at_exit(per_layer, ex), gold, task.kind),
+                    "avg_exit_layer": float(ex.mean())})
+    return pts
+
+
+def patience_points(per_layer: list[LayerOutputs], gold: np.ndarray, task, tolerance: float | None = None) -> list[dict]:
+    L = len(per_layer)
+    tol = tolerance if tolerance is not None else (0.0 if task.kind == "classification" else 0.1)
+    pts = []
+    for k in range(1, L):
+        p = make_policy("patience", task_kind=task.kind, num_layers=L, signals=(), patience=k,
+                        threshold=tol if task.kind == "regression" else None)
+        ex = simulate(p, per_layer, task.kind)
+        pts.append({"patience": k, "score": score(task.metric, predictions_at_exit(per_layer, ex), gold, task.kind),
+                    "avg_exit_layer": float(ex.mean())})
+    return pts
+
+
+def envelope(points: list[dict], num_layers: int, step: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """Best score reachable at average exit layer <= x, on a grid over [1, L] (step function)."""
+    xs = np.arange(1.0, num_layers + 1e-9, step)
+    px = np.array([p["avg_exit_layer"] for p in points])
+    py = np.array([p["score"] for p in points])
+    ys = np.array([py[px <= x + 1e-12].max() if np.any(px <= x + 1e-12) else np.nan for x in xs])
+    return xs, ys
+
+
+def area_between(xa: np.ndarray, ya: np.ndarray, xb: np.ndarray, yb: np.ndarray) -> tuple[float, float]:
+    """(area of A above B, area of B above A) over the x range both curves cover.
+    Curves are sampled on the same grid (as `envelope` gives) or linearly interpolated onto A's."""
+    yb_on_a = np.interp(xa, xb, yb, left=np.nan, right=np.nan)
+    ok = ~(np.isnan(ya) | np.isnan(yb_on_a))
+    x, d = xa[ok], (ya - yb_on_a)[ok]
+    if len(x) < 2:
+        return 0.0, 0.0
+    pos, neg = np.clip(d, 0, None), np.clip(-d, 0, None)
+    return float(np.trapezoid(pos, x)), float(np.trapezoid(neg, x))
+
+
+def analyse(runs: list[Path]) -> dict:
+    data = []
+    for r in runs:
+        cfg = json.loads((r / "train_config.json").read_text())
+        per_layer, gold = load_layer_outputs(r / "dev_layer_outputs.npz")
+        data.append({"run": str(r), "strategy": cfg["strategy"], "lte": cfg["lte"], "task": cfg["task"],
+                     "seed": cfg["seed"], "per_layer": per_layer, "gold": gold})
+    tasks = {d["task"] for d in data}
+    if len(tasks) != 1:
+        raise ValueError(f"runs of one task at a time, got {sorted(tasks)}")
+    task = get_task(tasks.pop())
+    two = [d for d in data if d["strategy"] == "two_stage"]
+    base_src = "two_stage final layer" if two else "own final layer"
+    out = {"task": task.name, "metric": task.metric, "baseline": base_src, "runs": []}
+    for d in data:
+        pl, gold = d["per_layer"], d["gold"]
+        base = np.mean([score(task.metric, t["per_layer"][-1].logits, t["gold"], task.kind) for t in two]) if two \
+            else score(task.metric, pl[-1].logits, gold, task.kind)
+        layer = [score(task.metric, o.logits, gold, task.kind) for o in pl]
+        row = {"run": d["run"], "strategy": d["strategy"], "lte": d["lte"], "seed": d["seed"], "baseline_score": base,
+               "layer_wise": layer, "layer_wise_relative": [s / base for s in layer]}
+        pols = (["confidence"] if task.kind == "classification" else []) + (["lte"] if pl[0].lte is not None else [])
+        row["tradeoff"] = {p: [{**pt, "relative_score": pt["score"] / base} for pt in sweep(pl, gold, task, p)] for p in pols}
+        row["patience"] = [{**pt, "relative_score": pt["score"] / base} for pt in patience_points(pl, gold, task)]
+        out["runs"].append(row)
+    # Area between the Joint and Alternating confidence envelopes (first run of each).
+    pick = {s: next((r for r in out["runs"] if r["strategy"] == s and "confidence" in r["tradeoff"]), None)
+            for s in ("joint", "alternating")}
+    if all(pick.values()):
+        L = len(pick["joint"]["layer_wise"])
+        ea = envelope([{**p, "score": 100 * p["relative_score"]} for p in pick["joint"]["tradeoff"]["confidence"]], L)
+        eb = envelope([{**p, "score": 100 * p["relative_score"]} for p in pick["alternating"]["tradeoff"]["confidence"]], L)
+        j_over_a, a_over_j = area_between(*ea, *eb)
+        out["area_joint_over_alt"], out["area_alt_over_joint"] = j_over_a, a_over_j
+    return out
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(1, 2, figsize=(12, 4.5))
+    for r in res["runs"]:
+        lab = f"{r['strategy']}{'+lte' if r['lte'] else ''} s{r['seed']}"
+        L = len(r["layer_wise"])
+        ax[0].plot(range(1, L + 1), [100 * v for v in r["layer_wise_relative"]], "o-", label=lab)
+        for p, pts in r["tradeoff"].items():
+            xs, ys = envelope([{**q, "score": 100 * q["relative_score"]} for q in pts], L)
+            ax[1].plot(xs, ys, label=f"{lab} {p}")
+    ax[0].set(xlabel="exit layer (all rows)", ylabel=f"relative {res['metric']} (%)", title="layer-wise scores")
+    ax[1].set(xlabel="average exit layer", ylabel=f"relative {res['metric']} (%)", title="trade-off (upper envelope)")
+    for a in ax:
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7)
+    fig.suptitle(f"{res['task']}: 100% = {res['baseline']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.tradeoff")
+    p.add_argument("--runs", nargs="+", required=True, help="checkpoint folders of one task")
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    try:
+        res = analyse([Path(r) for r in a.runs])
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    res["command"] = "python -m benchmarks.tradeoff " + " ".join(sys.argv[1:] if argv is None else argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"tradeoff_{res['task']}.json").write_text(json.dumps(res, indent=2) + "\n")
+    plot(res, out / f"tradeoff_{res['task']}.png")
+    for r in res["runs"]:
+        print(f"{r['strategy']:>12}{'+lte' if r['lte'] else '':4} seed {r['seed']}: layer-wise relative "
+              + " ".join(f"{100 * v:.1f}" for v in r["layer_wise_relative"]))
+    if "area_alt_over_joint" in res:
+        print(f"area JOINT over ALT {res['area_joint_over_alt']:.2f}, ALT over JOINT {res['area_alt_over_joint']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

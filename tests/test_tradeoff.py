@@ -1,0 +1,75 @@
+"""Trade-off analysis: the area metric on known curves, envelopes, Limit training, and the
+analysis on tiny runs of every strategy."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks.tradeoff import area_between, envelope, main as tradeoff_main
+
+
+def test_area_between_known_lines():
+    x = np.linspace(0, 2, 2001)
+    a, b = area_between(x, x, x, 2 - x)  # A = x, B = 2 - x cross at x = 1
+    assert a == pytest.approx(1.0, abs=1e-6) and b == pytest.approx(1.0, abs=1e-6)
+    a, b = area_between(x, x + 1, x, x)  # A above B by 1 over a range of 2
+    assert a == pytest.approx(2.0) and b == 0.0
+
+
+def test_envelope_is_best_score_at_or_below_x():
+    pts = [{"avg_exit_layer": 1.5, "score": 0.6}, {"avg_exit_layer": 2.0, "score": 0.55},
+           {"avg_exit_layer": 3.0, "score": 0.8}]
+    xs, ys = envelope(pts, 3, step=0.5)
+    assert xs.tolist() == [1.0, 1.5, 2.0, 2.5, 3.0]
+    assert np.isnan(ys[0]) and ys[1:].tolist() == [0.6, 0.6, 0.6, 0.8]
+
+
+def test_limit_strategy_truncates_and_trains_one_exit(tiny_dir, data_dir, tmp_path):
+    from train.finetune import TrainConfig, finetune
+    from train.model import load_checkpoint
+    with pytest.raises(ValueError, match="limit-layer"):
+        TrainConfig(task="rte", out="x", strategy="limit")
+    with pytest.raises(ValueError, match="limit-layer"):
+        TrainConfig(task="rte", out="x", strategy="joint", limit_layer=1)
+    out = tmp_path / "limit1"
+    finetune(TrainConfig(task="rte", out=str(out), model=str(tiny_dir), data_dir=str(data_dir), strategy="limit",
+                         limit_layer=1, epochs=1, batch_size=8, max_seq_len=32), progress=False)
+    model, _ = load_checkpoint(out)
+    assert model.cfg.num_layers == 1 and model.backbone.config.num_hidden_layers == 1
+    with pytest.raises(ValueError, match="out of range"):
+        finetune(TrainConfig(task="rte", out=str(tmp_path / "bad"), model=str(tiny_dir), data_dir=str(data_dir),
+                             strategy="limit", limit_layer=3, epochs=1), progress=False)
+
+
+def test_tradeoff_on_tiny_runs(tiny_dir, data_dir, tmp_path):
+    from train.finetune import TrainConfig, finetune
+    runs = []
+    for strat in ("two_stage", "joint", "alternating"):
+        out = tmp_path / strat
+        finetune(TrainConfig(task="rte", out=str(out), model=str(tiny_dir), data_dir=str(data_dir), strategy=strat,
+                             lte=True, epochs=2, batch_size=8, lr=3e-3, max_seq_len=32), progress=False)
+        runs.append(str(out))
+    assert tradeoff_main(["--runs", *runs, "--out", str(tmp_path / "res")]) == 0
+    r = json.loads((tmp_path / "res" / "tradeoff_rte.json").read_text())
+    assert r["baseline"] == "two_stage final layer"
+    two = next(x for x in r["runs"] if x["strategy"] == "two_stage")
+    assert two["layer_wise_relative"][-1] == pytest.approx(1.0)
+    assert "area_alt_over_joint" in r and r["area_alt_over_joint"] >= 0 and r["area_joint_over_alt"] >= 0
+    for x in r["runs"]:
+        assert set(x["tradeoff"]) == {"confidence", "lte"} and len(x["patience"]) == 1
+        assert all(1 <= p["avg_exit_layer"] <= 2 for p in x["tradeoff"]["confidence"])
+
+
+def test_reproduce_resumes_and_summarises(tiny_dir, data_dir, tmp_path):
+    from benchmarks.reproduce import main as repro_main
+    args = ["--tasks", "rte", "--seeds", "1", "--model", str(tiny_dir), "--data-dir", str(data_dir),
+            "--max-train-samples", "16", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "res")]
+    assert repro_main(args + ["--no-limit"]) == 0
+    s = json.loads((tmp_path / "res" / "summary.json").read_text())
+    assert set(s["rte"]["final_layer"]) == {"two_stage", "joint", "alternating"}
+    ckpt = tmp_path / "runs" / "rte" / "joint_lte_seed1" / "eval.json"
+    stamp = ckpt.stat().st_mtime_ns
+    assert repro_main(args + ["--no-limit"]) == 0  # second call: everything done, nothing retrained
+    assert ckpt.stat().st_mtime_ns == stamp
