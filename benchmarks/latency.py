@@ -8,7 +8,8 @@ process (see timing.interleaved), so the ratios below are measured under the sam
   sweep            per policy and threshold: score, avg exit layer, latency, speed-ups vs full
                    chain and vs monolithic, layer_estimate = L / avg exit layer, and
                    realization = measured speed-up vs full chain / layer_estimate
-  eager            PyTorch eager early exit at the very same exit decisions (own block, settled calls)
+  eager            PyTorch eager early exit at the same exit decisions (benchmarks.eager, run in a
+                   process of its own: onnxruntime's pool in the same process slowed torch 2.7x)
   env              versions, threads, CPU, git commit
 
 Speed-ups are ratios of *mean* latency (total time over the split), the quantity the average
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import subprocess
 import sys
 from pathlib import Path
 
@@ -55,39 +57,9 @@ def spread_thresholds(model: EarlyExitModel, per_layer: list[LayerOutputs], poli
     return picks
 
 
-class EagerEarlyExit:
-    """What research code does: PyTorch eager, layer by layer, head + signals after every
-    layer, stop at the exit layer. Used at the runtime's own exit decisions."""
-
-    def __init__(self, checkpoint: str, threads: int):
-        import torch
-        from train.model import load_checkpoint
-        torch.set_num_threads(threads)
-        self.torch = torch
-        self.model, _ = load_checkpoint(checkpoint)
-
-    def run(self, ids: np.ndarray, tt: np.ndarray, mask: np.ndarray, exit_layer: int) -> np.ndarray:
-        from train.model import additive_mask, exit_signals
-        t, m = self.torch, self.model
-        with t.inference_mode():
-            ids_t, tt_t, mask_t = t.from_numpy(ids), t.from_numpy(tt), t.from_numpy(mask)
-            h = m.embed(ids_t, tt_t)
-            ext = additive_mask(mask_t, h.dtype)
-            for i in range(exit_layer):
-                h = m.layer(i, h, ext)
-                pooled = m.pool(h, mask_t)
-                logits = m.head(i, pooled)
-                if m.cfg.kind == "classification":
-                    exit_signals(logits)
-                if m.cfg.lte:
-                    m.lte(pooled)
-            return logits.numpy()
-
-
 def run_benchmark(artifact: str, task_name: str, data_dir: str | None = None, max_samples: int | None = None,
-                  repeats: int = 3, threads: int | None = None, checkpoint: str | None = None,
-                  eager: bool = True, policies: list[str] | None = None, points: int = 6,
-                  thresholds: dict[str, list[float]] | None = None, settle_ms: float = 10.0) -> dict:
+                  repeats: int = 3, threads: int | None = None, policies: list[str] | None = None, points: int = 6,
+                  thresholds: dict[str, list[float]] | None = None) -> dict:
     from runtime.datasets import load_split
 
     threads = threads or default_threads()
@@ -128,24 +100,6 @@ def run_benchmark(artifact: str, task_name: str, data_dir: str | None = None, ma
     for j, (pol, _) in enumerate(sweep_cfg):
         variants[f"sweep_{j}"] = (lambda pol: lambda i: model.run(encs[i], pol))(pol)
 
-    # Eager early exit at the same decisions: full depth and a few sweep points. Timed in a
-    # block of its own, each call after an untimed pause: interleaving torch and onnxruntime
-    # call by call lets one runtime's still-spinning threads slow the other (measured here:
-    # eager 3x slower than alone). Each eager variant has an onnx twin at the same decisions.
-    eager_runner, eager_points, eager_variants = None, [], {}
-    ckpt = checkpoint or model.manifest.raw.get("source", {}).get("checkpoint")
-    if eager and ckpt and Path(ckpt).is_dir():
-        eager_runner = EagerEarlyExit(ckpt, threads)
-        picks = sorted({0, len(sweep_cfg) // 2, len(sweep_cfg) - 1}) if sweep_cfg else []
-        eager_points = [("full", np.full(n, L))] + [(f"sweep_{j}", sweep_cfg[j][1]) for j in picks]
-        for name, ex in eager_points:
-            eager_variants[f"eager_{name}"] = (lambda ex: lambda i: eager_runner.run(
-                encs[i].input_ids, encs[i].token_type_ids, encs[i].attention_mask, int(ex[i])))(ex)
-            pol = forced[L] if name == "full" else sweep_cfg[int(name.split("_")[1])][0]
-            eager_variants[f"onnx_{name}"] = (lambda pol: lambda i: model.run(encs[i], pol))(pol)
-    elif eager:
-        log.warning("eager comparison skipped: checkpoint '%s' not found (pass --checkpoint).", ckpt)
-
     # The runtime must take the decisions the offline simulation took.
     mismatches = 0
     for pol, ex in sweep_cfg:
@@ -155,9 +109,6 @@ def run_benchmark(artifact: str, task_name: str, data_dir: str | None = None, ma
     total = repeats * n
     step = max(1, total // 20)
     med = interleaved(variants, n, repeats, progress=lambda d, t: (d % step == 0) and log.info("timed %d/%d", d, t))
-    if eager_variants:
-        log.info("timing eager vs onnx at the same decisions (settled calls)")
-        med.update(interleaved(eager_variants, n, repeats, settle_ms=settle_ms))
 
     full = med[f"forced_{L}"].mean()
     mono = med["monolithic"].mean()
@@ -189,17 +140,7 @@ def run_benchmark(artifact: str, task_name: str, data_dir: str | None = None, ma
                       **percentiles(t), "speedup_vs_full_chain": sp_full, "speedup_vs_monolithic": float(mono / t.mean()),
                       "layer_estimate": est, "realization": sp_full / est})
     result["sweep"] = sweep
-    eager_rows = []
-    for name, ex in eager_points:
-        onnx_t = med[f"onnx_{name}"]
-        e = med[f"eager_{name}"]
-        eager_rows.append({"decisions": "full depth" if name == "full" else
-                           f"{sweep_cfg[int(name.split('_')[1])][0].describe()}",
-                           "avg_exit_layer": float(ex.mean()), "eager": percentiles(e),
-                           "onnx_chain_latency_ms_mean": float(onnx_t.mean()),
-                           "timing": f"own interleaved block, {settle_ms:g} ms untimed pause before every call",
-                           "speedup_onnx_vs_eager": float(e.mean() / onnx_t.mean())})
-    result["eager"] = eager_rows
+    result["eager"] = []  # filled by benchmarks.eager in a process of its own (see there)
     result["env"] = environment(threads)
     return result
 
@@ -262,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         res = run_benchmark(args.artifact, args.task, args.data_dir, args.max_samples, args.repeats, args.threads,
-                            args.checkpoint, not args.no_eager, args.policies, args.points,
+                            args.policies, args.points,
                             {p: args.thresholds for p in (args.policies or SWEEP_POLICIES)} if args.thresholds else None)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -278,6 +219,14 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "latency.json").write_text(json.dumps(res, indent=2) + "\n")
     plot(res, out / "latency.png")
+    if not args.no_eager:  # PyTorch eager at the same decisions, in a process without onnxruntime sessions
+        cmd = [sys.executable, "-m", "benchmarks.eager", "--latency", str(out / "latency.json"),
+               "--repeats", str(args.repeats)] + (["--checkpoint", args.checkpoint] if args.checkpoint else []) \
+            + (["--data-dir", args.data_dir] if args.data_dir else [])
+        r = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+        if r.returncode != 0:
+            log.warning("eager comparison skipped: %s", r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode)
+        res = json.loads((out / "latency.json").read_text())
     print(f"chain_overhead {res['chain_overhead']:.3f}  (full chain {res['full_chain']['latency_ms_mean']:.2f} ms, "
           f"monolithic {res['monolithic']['latency_ms_mean']:.2f} ms)")
     for r in res["sweep"]:

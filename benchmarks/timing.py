@@ -21,13 +21,10 @@ def percentiles(ms: np.ndarray) -> dict[str, float]:
 
 
 def interleaved(variants: dict[str, Callable[[int], object]], n_items: int, repeats: int, warmup: int = 1,
-                seed: int = 0, progress: Callable[[int, int], None] | None = None,
-                settle_ms: float = 0.0) -> dict[str, np.ndarray]:
+                seed: int = 0, progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
     """Time every variant on every item, alternating variants item by item so that machine
     drift hits all of them alike. Variant order is shuffled per item.
 
-    settle_ms: an untimed pause before every call, so that thread pools that spin after a call
-    (onnxruntime's, OpenMP's in torch) are parked when a variant of another runtime starts.
     variants: name -> fn(item_index). Returns name -> [n_items] per-item median (ms) over repeats.
     """
     names = list(variants)
@@ -46,8 +43,6 @@ def interleaved(variants: dict[str, Callable[[int], object]], n_items: int, repe
                 rng.shuffle(order)
                 for n in order:
                     fn = variants[n]
-                    if settle_ms:
-                        time.sleep(settle_ms / 1e3)
                     t0 = time.perf_counter()
                     fn(i)
                     times[n][r, i] = (time.perf_counter() - t0) * 1e3
