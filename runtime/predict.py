@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 
+from .backends import BACKENDS, BackendError
 from .manifest import ArtifactError
 from .policies import POLICIES, PolicyError
 from .tokenize import InputError
@@ -23,6 +24,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--exit-layer", type=int, default=None, help="fixed policy: exit at this 1-based layer")
     p.add_argument("--patience", type=int, default=None, help="patience policy: consecutive agreeing layers")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+    p.add_argument("--backend", default="cpu", choices=list(BACKENDS),
+                   help="cpu (measured); cuda / tensorrt need onnxruntime-gpu (not measured in this project)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--input", default=None,
                    help="UTF-8 file, one input per line ('text' or 'text_a<TAB>text_b'); prints JSON lines")
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from .session import EarlyExitModel  # after argument checks: --help stays instant
 
     try:
-        model = EarlyExitModel(args.artifact, threads=args.threads)
+        model = EarlyExitModel(args.artifact, threads=args.threads, backend=args.backend)
         if args.policy is None and any(v is not None for v in (args.threshold, args.exit_layer, args.patience)):
             raise PolicyError("--threshold/--exit-layer/--patience need --policy.")
         policy = model.policy(args.policy, threshold=args.threshold, exit_layer=args.exit_layer,
@@ -88,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         pred = model.predict([args.text], None if args.text_b is None else [args.text_b], policy=policy)[0]
         ms = (time.perf_counter() - t0) * 1e3
-    except (ArtifactError, PolicyError, InputError) as e:
+    except (ArtifactError, PolicyError, InputError, BackendError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = {"task": model.task.name, "policy": policy.describe(), "label": pred.label, "score": pred.score,

@@ -27,6 +27,7 @@ import numpy as np
 import onnxruntime as ort
 
 from . import manifest as M
+from .backends import providers_for
 from .manifest import ArtifactError, Manifest, load_manifest
 from .policies import ExitPolicy, LayerOutputs, PolicyState, decide, make_policy
 from .tokenize import Encoded, TextEncoder
@@ -50,7 +51,8 @@ def _ensure_global_pool(threads: int) -> None:
                         "(one pool per process).", _POOL_THREADS, threads)
 
 
-def make_session(path: str | os.PathLike, threads: int | None = None) -> ort.InferenceSession:
+def make_session(path: str | os.PathLike, threads: int | None = None,
+                 providers: list[str] | None = None) -> ort.InferenceSession:
     """A CPU session on the process-wide pool. Every session of a process must use it once the
     pool exists (onnxruntime refuses per-session pools then), so all code here opens graphs this way."""
     _ensure_global_pool(threads or default_threads())
@@ -59,7 +61,7 @@ def make_session(path: str | os.PathLike, threads: int | None = None) -> ort.Inf
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), sess_options=so, providers=providers or ["CPUExecutionProvider"])
 
 
 def default_threads() -> int:
@@ -144,7 +146,9 @@ class EarlyExitModel:
     """
 
     def __init__(self, artifact_dir: str | os.PathLike, threads: int | None = None, verify: bool = True,
-                 load_monolithic: bool = True, max_cached_shapes: int = 32):
+                 load_monolithic: bool = True, max_cached_shapes: int = 32, backend: str = "cpu"):
+        self.providers = providers_for(backend)  # fails first, with an install hint
+        self.backend = backend
         self.manifest: Manifest = load_manifest(artifact_dir, verify=verify)
         m = self.manifest
         self.task = m.task
@@ -163,7 +167,7 @@ class EarlyExitModel:
         for role in roles:
             path = m.graph_path(role)
             try:
-                self._sessions[role] = make_session(path, self.threads)
+                self._sessions[role] = make_session(path, self.threads, self.providers)
             except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
                 raise ArtifactError(f"onnxruntime cannot load '{path}' ({type(e).__name__}: {str(e)[:200]}); "
                                     f"the file is corrupt or from an incompatible exporter: re-export.") from e
