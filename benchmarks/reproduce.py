@@ -118,6 +118,57 @@ def summarise(runs_dir: Path, out: Path) -> dict:
     return summary
 
 
+def _min_layers_at(points: list[dict], rel: float) -> float | None:
+    ok = [p["avg_exit_layer"] for p in points if p["relative_score"] >= rel]
+    return min(ok) if ok else None
+
+
+def findings(out: Path) -> str:
+    """REPRODUCTION.md body: per task, the paper's findings checked against the saved analyses."""
+    lines = ["# Reproduction of BERxiT's findings (all-MiniLM-L6-v2, CPU)", "",
+             "Made by `python -m benchmarks.reproduce` from the runs' saved per-layer dev outputs; "
+             "`tradeoff_<task>.json` holds every number, `tradeoff_<task>.png` the curves.", ""]
+    for f in sorted(out.glob("tradeoff_*.json")):
+        res = json.loads(f.read_text())
+        runs = res["runs"]
+        by = {s: [r for r in runs if r["strategy"] == s] for s in STRATEGIES}
+        L = len(runs[0]["layer_wise"])
+        mean_rel = lambda s, ks: float(np.mean([r["layer_wise_relative"][k] for r in by[s] for k in ks])) if by[s] else None  # noqa: E731
+        lines += [f"## {res['task']} ({res['metric']}; 100% = {res['baseline']})", "",
+                  "| strategy | seeds | final layer (raw) | relative, layers 1..L |", "|---|---|---|---|"]
+        for s in STRATEGIES:
+            if by[s]:
+                fin = [r["layer_wise"][-1] for r in by[s]]
+                rel = " ".join(f"{100 * mean_rel(s, [k]):.1f}" for k in range(L))
+                lines.append(f"| {s} | {len(fin)} | {np.mean(fin):.4f} ± {np.std(fin):.4f} | {rel} |")
+        lines.append("")
+        early, late = list(range(L // 2)), list(range(L // 2, L))
+        if all(by[s] for s in STRATEGIES):
+            two_best = mean_rel("two_stage", [L - 1]) >= max(mean_rel("joint", [L - 1]), mean_rel("alternating", [L - 1]))
+            two_worst = mean_rel("two_stage", early) <= min(mean_rel("joint", early), mean_rel("alternating", early))
+            lines.append(f"- Two-stage best at the last layer: {'yes' if two_best else 'no'}; worst on layers 1..{L // 2}: "
+                         f"{'yes' if two_worst else 'no'} (mean relative early: two_stage {100 * mean_rel('two_stage', early):.1f}, "
+                         f"joint {100 * mean_rel('joint', early):.1f}, alternating {100 * mean_rel('alternating', early):.1f}).")
+        if by["joint"] and by["alternating"]:
+            lines.append(f"- Alternating vs Joint on later layers (mean relative {L // 2 + 1}..{L}): "
+                         f"{100 * mean_rel('alternating', late):.1f} vs {100 * mean_rel('joint', late):.1f}; area ALT over "
+                         f"JOINT {res.get('area_alt_over_joint', float('nan')):.2f}, JOINT over ALT "
+                         f"{res.get('area_joint_over_alt', float('nan')):.2f} (percentage points x layers).")
+            alt = by["alternating"][0]
+            pol = "confidence" if "confidence" in alt["tradeoff"] else "lte"
+            for rel in (0.99, 0.97):
+                m = _min_layers_at(alt["tradeoff"][pol], rel)
+                lines.append(f"- Alternating + {pol} at >= {rel:.0%} relative score: "
+                             + (f"{m:.2f} of {L} layers ({100 * (1 - m / L):.0f}% saved)." if m else "not reached."))
+            if "lte" in alt["tradeoff"]:
+                for rel in (0.99, 0.98):
+                    a, b = _min_layers_at(alt["tradeoff"]["lte"], rel), _min_layers_at(alt["patience"], rel)
+                    lines.append(f"- LTE vs patience at >= {rel:.0%}: " + (f"{a:.2f}" if a else "n/a") + " vs "
+                                 + (f"{b:.2f}" if b else "n/a") + " average exit layers.")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.reproduce")
     p.add_argument("--tasks", nargs="+", default=["rte", "mrpc", "stsb", "sick", "sst2"])
@@ -149,6 +200,7 @@ def main(argv=None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
     summary = summarise(runs_dir, Path(a.out))
+    (Path(a.out) / "REPRODUCTION.md").write_text(findings(Path(a.out)))
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -69,6 +69,8 @@ def test_reproduce_resumes_and_summarises(tiny_dir, data_dir, tmp_path):
     assert repro_main(args + ["--no-limit"]) == 0
     s = json.loads((tmp_path / "res" / "summary.json").read_text())
     assert set(s["rte"]["final_layer"]) == {"two_stage", "joint", "alternating"}
+    report = (tmp_path / "res" / "REPRODUCTION.md").read_text()
+    assert "## rte" in report and "Two-stage best at the last layer" in report and "area ALT over JOINT" in report
     ckpt = tmp_path / "runs" / "rte" / "joint_lte_seed1" / "eval.json"
     stamp = ckpt.stat().st_mtime_ns
     assert repro_main(args + ["--no-limit"]) == 0  # second call: everything done, nothing retrained
