@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.metrics import score
-from runtime.policies import LayerOutputs, make_policy, predictions_at_exit, simulate
+from runtime.policies import LayerOutputs, predictions_at_exit, simulate
 from runtime.session import EarlyExitModel, default_threads
 from runtime.tasks import get_task
 
