@@ -2,6 +2,10 @@
 # Every CPU result under results/ (except the RTE fine-tuning itself), in the order it was made.
 # Run from the repository root, with nothing else running on the machine. About 35 minutes on
 # 2 cores, after the two fine-tuning runs below (RTE ~10 min, SST-2 ~20 min).
+# Note: the committed latency.json files were made by this sequence with an earlier
+# benchmarks.latency that timed eager in-process; their `eager` sections were then replaced by
+# `python -m benchmarks.eager --latency results/<dir>/latency.json --repeats 2` (which latency now
+# runs itself), and results/scaling_fp32 was re-made after the peak-RSS fix (VmHWM).
 set -euo pipefail
 export HF_HUB_OFFLINE=1
 

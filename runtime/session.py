@@ -248,10 +248,14 @@ class EarlyExitModel:
                     s2 = int(lengths[rows].max())
                     nbuf, nlock = self._get(len(rows), s2)
                     nlock.acquire()
-                    nbuf.hidden[i % 2][:] = buf.hidden[i % 2][keep, :s2]
-                    nbuf.mask[:] = buf.mask[keep, :s2]
-                    lock.release()
-                    buf, lock = nbuf, nlock
+                    # From here the outer `finally` owns the new lock and this one the old, so an
+                    # error in the copy can leave no shape locked for good.
+                    obuf, olock, buf, lock = buf, lock, nbuf, nlock
+                    try:
+                        buf.hidden[i % 2][:] = obuf.hidden[i % 2][keep, :s2]
+                        buf.mask[:] = obuf.mask[keep, :s2]
+                    finally:
+                        olock.release()
         finally:
             lock.release()
         return ChainResult(exit_layer, logits, sig)
