@@ -28,7 +28,7 @@ from runtime.tasks import get_task
 from train.model import MultiExitModel, exit_signals, load_checkpoint
 
 from .graphs import OPSET, export_graphs, signal_names
-from .optimize import fusable_attention, fuse, quantize_int8
+from .optimize import fusable_attention, fuse, fuse_embeddings, quantize_int8
 
 
 PRECISIONS = ("fp32", "int8")
@@ -188,6 +188,8 @@ def build(cfg: ExportConfig) -> Path:
             c = model.backbone.config
             for role, r in roles.items():
                 fused[role] = fuse(tmp / r["file"], c.num_attention_heads, c.hidden_size)
+                if role == "embeddings":
+                    fused[role].update(fuse_embeddings(tmp / r["file"]))
         else:
             roles = export_graphs(model, n, tmp, monolithic=cfg.monolithic)
         if cfg.precision == "int8":

@@ -79,3 +79,122 @@ def op_counts(path: Path) -> dict[str, int]:
     for node in onnx.load(str(path), load_external_data=False).graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
+
+
+def fuse_embeddings(path: Path) -> dict[str, int]:
+    """Replace a BERT-style embeddings graph (word + token-type + absolute position embeddings,
+    then LayerNorm) with onnxruntime's fused EmbedLayerNormalization, in place.
+
+    onnxruntime's optimizer only fuses embeddings that feed an Attention node, so a graph that
+    holds the embeddings alone stays as 4 Gathers, 2 Adds, a LayerNorm and the position-id
+    arithmetic; on its own that costs about twice the fused kernel, and it is paid before every
+    early exit (it lowers realization most when samples exit at layer 1). Graphs of another
+    shape (RoBERTa's padding-offset positions, ALBERT's projection) are left as they are, and so
+    is any graph whose fused form does not give the same output (checked here on random ids;
+    the export then validates it against PyTorch too). Returns {"EmbedLayerNormalization": 1}
+    when it fused, else {}."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    inits = {i.name: i for i in g.initializer}
+    consts = {n.output[0]: n for n in g.node if n.op_type == "Constant"}
+
+    def value(name):
+        if name in inits:
+            return numpy_helper.to_array(inits[name])
+        if name in consts:
+            return numpy_helper.to_array(consts[name].attribute[0].t)
+        return None
+
+    def gather_of(name, inputs):
+        n = producer.get(name)
+        if n is not None and n.op_type == "Gather" and n.input[0] in inits and n.input[1] in inputs:
+            return n
+        return None
+
+    graph_inputs = {i.name for i in g.input}
+    if len(g.output) != 1:
+        return {}
+    ln = producer.get(g.output[0].name)
+    if ln is None or ln.op_type != "LayerNormalization" or len(ln.input) < 3:
+        return {}
+    top = producer.get(ln.input[0])
+    if top is None or top.op_type != "Add":
+        return {}
+    # One side of the top Add is the position Gather: positions = Slice(arange constant, 0, S).
+    pos_gather, rest = None, None
+    for a, b in ((top.input[0], top.input[1]), (top.input[1], top.input[0])):
+        n = producer.get(a)
+        if n is not None and n.op_type == "Gather" and n.input[0] in inits:
+            sl = producer.get(n.input[1])
+            if sl is not None and sl.op_type == "Slice":
+                ids = value(sl.input[0])
+                start = value(sl.input[1]) if len(sl.input) > 1 else None
+                if ids is not None and start is not None and np.array_equal(ids.reshape(-1), np.arange(ids.size)) \
+                        and int(np.asarray(start).reshape(-1)[0]) == 0:
+                    pos_gather, rest = n, b
+    if pos_gather is None:
+        return {}
+    word = tt = None
+    rn = producer.get(rest)
+    if rn is not None and rn.op_type == "Add":
+        for a, b in ((rn.input[0], rn.input[1]), (rn.input[1], rn.input[0])):
+            w, t = gather_of(a, {"input_ids"}), gather_of(b, {"token_type_ids"})
+            if w is not None and t is not None:
+                word, tt = w, t
+    elif rn is not None:
+        word = gather_of(rest, {"input_ids"})
+    if word is None or not {"input_ids"} <= graph_inputs:
+        return {}
+    eps = next((helper.get_attribute_value(a) for a in ln.attribute if a.name == "epsilon"), 1e-5)
+
+    nodes = [helper.make_node("Cast", ["input_ids"], ["input_ids_int32"], to=onnx.TensorProto.INT32)]
+    seg_in, seg_emb = "", ""
+    if tt is not None:
+        nodes.append(helper.make_node("Cast", ["token_type_ids"], ["token_type_ids_int32"], to=onnx.TensorProto.INT32))
+        seg_in, seg_emb = "token_type_ids_int32", tt.input[0]
+    nodes.append(helper.make_node(
+        "EmbedLayerNormalization",
+        ["input_ids_int32", seg_in, word.input[0], pos_gather.input[0], seg_emb, ln.input[1], ln.input[2]],
+        [g.output[0].name, "embed_mask_index"], domain="com.microsoft", epsilon=float(eps)))
+    keep = {word.input[0], pos_gather.input[0], ln.input[1], ln.input[2]} | ({tt.input[0]} if tt is not None else set())
+    fused = onnx.ModelProto()
+    fused.CopyFrom(model)
+    del fused.graph.node[:]
+    fused.graph.node.extend(nodes)
+    kept = [i for i in g.initializer if i.name in keep]
+    del fused.graph.initializer[:]
+    fused.graph.initializer.extend(kept)
+    if not any(o.domain == "com.microsoft" for o in fused.opset_import):
+        fused.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+
+    if not _same_outputs(model, fused, "token_type_ids" in graph_inputs, tt is not None):
+        log.warning("embeddings fusion changed the output; %s left unfused", path.name)
+        return {}
+    onnx.save(fused, str(path))
+    return {"EmbedLayerNormalization": 1}
+
+
+def _same_outputs(a, b, has_tt_input: bool, uses_tt: bool, atol: float = 1e-5) -> bool:
+    import numpy as np
+    from runtime.session import make_session
+
+    try:  # on the process-wide pool, like every session here (a per-session pool is refused once it exists)
+        sa, sb = make_session(a.SerializeToString()), make_session(b.SerializeToString())
+    except Exception as e:  # noqa: BLE001 - a graph onnxruntime cannot load is simply not fused
+        log.warning("fused embeddings graph does not load (%s)", e)
+        return False
+    rng = np.random.default_rng(0)
+    vocab = next(int(i.dims[0]) for i in a.graph.initializer if "word_embeddings" in i.name) \
+        if any("word_embeddings" in i.name for i in a.graph.initializer) else 100
+    for bsz, s in ((1, 1), (1, 7), (3, 16)):
+        feeds = {"input_ids": rng.integers(0, vocab, (bsz, s)).astype(np.int64)}
+        if has_tt_input:
+            feeds["token_type_ids"] = rng.integers(0, 2 if uses_tt else 1, (bsz, s)).astype(np.int64)
+        if not np.allclose(sa.run(None, feeds)[0], sb.run(None, feeds)[0], atol=atol, rtol=0):
+            return False
+    return True

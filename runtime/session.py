@@ -51,7 +51,7 @@ def _ensure_global_pool(threads: int) -> None:
                         "(one pool per process).", _POOL_THREADS, threads)
 
 
-def make_session(path: str | os.PathLike, threads: int | None = None,
+def make_session(path: str | os.PathLike | bytes, threads: int | None = None,
                  providers: list[str] | None = None) -> ort.InferenceSession:
     """A CPU session on the process-wide pool. Every session of a process must use it once the
     pool exists (onnxruntime refuses per-session pools then), so all code here opens graphs this way."""
@@ -61,7 +61,8 @@ def make_session(path: str | os.PathLike, threads: int | None = None,
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=so, providers=providers or ["CPUExecutionProvider"])
+    src = path if isinstance(path, bytes) else str(path)  # bytes: a serialized model
+    return ort.InferenceSession(src, sess_options=so, providers=providers or ["CPUExecutionProvider"])
 
 
 def default_threads() -> int:

@@ -159,6 +159,21 @@ def test_fused_graphs_record_their_fusions(rte_art):
         ops = op_counts(rte_art / m.graphs[role].file)
         assert ops.get("Attention") == 1 and "LogSoftmax" in ops  # fused attention + the exit signals
     assert fused["monolithic"].get("Attention") == 2
+    # BERT embeddings alone fuse into one kernel too (onnxruntime's optimizer only fuses them
+    # ahead of an Attention node); the export validated the fused graph against PyTorch.
+    assert fused["embeddings"].get("EmbedLayerNormalization") == 1
+    assert op_counts(rte_art / m.graphs["embeddings"].file) == {"Cast": 2, "EmbedLayerNormalization": 1}
+
+
+def test_mean_pooling_is_the_masked_token_mean(sst2_ckpt):
+    import torch
+    from train.model import load_checkpoint
+    model, _ = load_checkpoint(sst2_ckpt)
+    h = torch.randn(3, 5, model.backbone.config.hidden_size)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]])
+    want = torch.stack([h[0].mean(0), h[1, :2].mean(0), h[2, 0]])
+    assert model.cfg.pooling == "mean"
+    assert torch.allclose(model.pool(h, mask), want, atol=1e-6)
 
 
 def test_unfused_and_int8_exports(rte_ckpt, data_dir, tmp_path):

@@ -21,6 +21,10 @@ def test_family_end_to_end(family_dir, data_dir, tmp_path):
     art = build(ExportConfig(str(ck), str(tmp_path / "art")))
     m = load_manifest(art)
     assert m.backbone["model_type"] == family and m.validation["max_abs_diff"] <= 1e-4
+    # Absolute-position embeddings (BERT, DistilBERT) fuse into one kernel; RoBERTa's
+    # padding-offset positions and ALBERT's projected embeddings keep their unfused graph.
+    fused_emb = m.raw["optimization"]["fused_operators"]["embeddings"].get("EmbedLayerNormalization") == 1
+    assert fused_emb == (family in ("bert", "distilbert")), m.raw["optimization"]["fused_operators"]["embeddings"]
     assert (m.task.text_pair and ("token_type_ids" in m.graphs["embeddings"].inputs)) == (family in ("bert", "albert"))
     model, tok = load_checkpoint(ck)
     dev = load_split("rte", "dev", data_dir)

@@ -160,8 +160,12 @@ class MultiExitModel(nn.Module):
         """h_i: [B, S, H] -> [B, H], the [CLS] state or the mean over real (unpadded) tokens."""
         if self.cfg.pooling == "cls":
             return hidden[:, 0]
-        m = attention_mask.to(hidden.dtype).unsqueeze(-1)  # [B, S, 1]
-        return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+        # Weighted sum as one batched matmul: [B, 1, S] x [B, S, H]. Exported, this is one GEMM
+        # instead of an elementwise Mul and a ReduceSum over [B, S, H], which cost a per-layer
+        # graph more than its whole exit head (measured: benchmarks.overhead).
+        m = attention_mask.to(hidden.dtype)  # [B, S]
+        w = m / m.sum(dim=1, keepdim=True).clamp(min=1.0)
+        return torch.bmm(w.unsqueeze(1), hidden).squeeze(1)
 
     def head(self, i: int, pooled: torch.Tensor) -> torch.Tensor:
         """Exit head of 0-based layer i: [B, H] pooled state -> [B, C]."""
