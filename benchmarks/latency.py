@@ -199,6 +199,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--backend" in argv or any(a.startswith("--backend=") for a in argv):
+        # GPU: the CUDA-graph executor has its own benchmark (CUDA events, random-weight configs).
+        from . import gpu
+        return gpu.main(argv)
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
