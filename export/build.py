@@ -54,16 +54,32 @@ class ExportConfig:
     fuse: bool = True  # onnxruntime transformer fusion (Attention, SkipLayerNorm, BiasGelu, ...)
     precision: str = "fp32"  # or "int8" (dynamic quantization, per-channel weights)
     atol: float | None = None  # max abs difference to PyTorch; default 1e-4 (fp32) / 0.5 (int8)
+    tensorrt: bool = False  # also build one TensorRT engine per graph (needs TensorRT and a GPU)
+    trt_max_batch: int = 32
+    trt_opt_batch: int = 1
+    trt_opt_seq: int = 128
 
     def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            raise ExportError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.precision == "fp16" and not self.tensorrt:
+            raise ExportError("--precision fp16 applies to TensorRT engines: add --tensorrt (the ONNX graphs stay fp32)")
+        if self.precision not in PRECISIONS and self.precision != "fp16":
+            raise ExportError(f"--precision must be one of {', '.join(PRECISIONS)} (fp16 with --tensorrt), "
+                              f"got {self.precision!r}")
+        if not 1 <= self.trt_opt_batch <= self.trt_max_batch or self.trt_opt_seq < 1:
+            raise ExportError(f"TensorRT profile: need 1 <= --trt-opt-batch <= --trt-max-batch and --trt-opt-seq >= 1 "
+                              f"(got {self.trt_opt_batch}, {self.trt_max_batch}, {self.trt_opt_seq})")
+        if self.tensorrt and self.precision == "int8":
+            raise ExportError("--tensorrt builds fp32 or fp16 engines; int8 engines need a calibration set (not supported)")
         if self.atol is not None and not self.atol > 0:
             raise ExportError("--atol must be positive")
 
     @property
+    def onnx_precision(self) -> str:
+        return "fp32" if self.precision == "fp16" else self.precision
+
+    @property
     def tolerance(self) -> float:
-        return self.atol if self.atol is not None else DEFAULT_ATOL[self.precision]
+        return self.atol if self.atol is not None else DEFAULT_ATOL[self.onnx_precision]
 
 
 _SAMPLE_TEXTS = [("The cat sat on the mat.", "A cat is sitting."),
@@ -161,6 +177,12 @@ def _check_tokenizer(tokenizer, tmp: Path, text_pair: bool, max_len: int) -> Non
 def build(cfg: ExportConfig) -> Path:
     """Export, validate and atomically install the artifact at cfg.out. Returns its path."""
     ckpt = Path(cfg.checkpoint)
+    if cfg.tensorrt:  # before any work: say what is missing
+        from .tensorrt import TensorRTUnavailable, require_tensorrt
+        try:
+            require_tensorrt()
+        except TensorRTUnavailable as e:
+            raise ExportError(str(e)) from None
     if not ckpt.is_dir():
         raise ExportError(f"checkpoint folder '{ckpt}' does not exist; train one with `python -m train.finetune`.")
     try:
@@ -192,7 +214,7 @@ def build(cfg: ExportConfig) -> Path:
                     fused[role].update(fuse_embeddings(tmp / r["file"]))
         else:
             roles = export_graphs(model, n, tmp, monolithic=cfg.monolithic)
-        if cfg.precision == "int8":
+        if cfg.onnx_precision == "int8":
             for r in roles.values():
                 quantize_int8(tmp / r["file"])
         tokenizer.save_pretrained(tmp)
@@ -201,7 +223,17 @@ def build(cfg: ExportConfig) -> Path:
                           cfg.tolerance)
         for r in roles.values():
             r["sha256"] = sha256_file(tmp / r["file"])
-        tok_files = sorted(p.name for p in tmp.iterdir() if p.suffix != ".onnx")
+        tok_files = sorted(p.name for p in tmp.iterdir() if p.is_file() and p.suffix != ".onnx")
+        trt_record = None
+        if cfg.tensorrt:
+            from .tensorrt import ENGINE_DIR, build_engines, profile_for
+            trt_dir = tmp / ENGINE_DIR
+            trt_dir.mkdir()
+            plain = export_graphs(model, n, trt_dir, monolithic=False)  # standard ONNX ops only
+            trt_record = build_engines(trt_dir, {k: v for k, v in plain.items()}, trt_dir,
+                                       model.backbone.config.hidden_size,
+                                       profile_for(max_len, cfg.trt_max_batch, cfg.trt_opt_batch, cfg.trt_opt_seq),
+                                       cfg.precision)
         sig = signal_names(model)
         default = ({"name": "confidence", "threshold": 0.9, "calibration": "uncalibrated default"}
                    if task.kind == "classification" else
@@ -220,10 +252,11 @@ def build(cfg: ExportConfig) -> Path:
                          "strategy": train_cfg.get("strategy"), "source_model": train_cfg.get("model") or "all-MiniLM-L6-v2 (packaged)"},
             "num_layers": n,
             "max_seq_len": max_len,
-            "precision": cfg.precision,
+            "precision": cfg.onnx_precision,
             "optimization": {"fused": cfg.fuse, "fused_operators": fused,
                              "int8": ({"method": "onnxruntime quantize_dynamic", "weights": "QInt8 per-channel",
-                                       "ops": ["MatMul", "Attention"]} if cfg.precision == "int8" else None)},
+                                       "ops": ["MatMul", "Attention"]} if cfg.onnx_precision == "int8" else None)},
+            "tensorrt": trt_record,
             "tokenizer": {"files": tok_files, "pad_token_id": tokenizer.pad_token_id,
                           "truncation": "longest_first", "padding": "right, to the longest row of a batch",
                           "checksums": [{"file": f, "sha256": sha256_file(tmp / f)} for f in tok_files]},
@@ -280,13 +313,20 @@ def parse_args(argv: list[str] | None = None) -> ExportConfig:
     p.add_argument("--layers", type=int, default=None, help="export the first N layers (default: all)")
     p.add_argument("--no-monolithic", action="store_true", help="skip the monolithic reference graph")
     p.add_argument("--no-fuse", action="store_true", help="skip onnxruntime's transformer fusion")
-    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
-                   help="int8: dynamic quantization of every graph (weights per-channel)")
+    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS) + ["fp16"],
+                   help="int8: dynamic quantization of every graph (weights per-channel); "
+                        "fp16: TensorRT engines in fp16 (with --tensorrt)")
     p.add_argument("--atol", type=float, default=None,
                    help="max abs difference to PyTorch allowed (default 1e-4 for fp32, 0.5 for int8)")
+    p.add_argument("--tensorrt", action="store_true",
+                   help="also build a TensorRT engine per graph (needs TensorRT 10 and an NVIDIA GPU)")
+    p.add_argument("--trt-max-batch", type=int, default=32, help="TensorRT profile: largest batch")
+    p.add_argument("--trt-opt-batch", type=int, default=1, help="TensorRT profile: batch to tune for")
+    p.add_argument("--trt-opt-seq", type=int, default=128, help="TensorRT profile: sequence length to tune for")
     a = p.parse_args(argv)
     try:
-        return ExportConfig(a.checkpoint, a.out, a.layers, not a.no_monolithic, not a.no_fuse, a.precision, a.atol)
+        return ExportConfig(a.checkpoint, a.out, a.layers, not a.no_monolithic, not a.no_fuse, a.precision, a.atol,
+                            a.tensorrt, a.trt_max_batch, a.trt_opt_batch, a.trt_opt_seq)
     except ExportError as e:
         p.error(str(e))
 

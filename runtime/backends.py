@@ -1,30 +1,34 @@
 """Execution backends for the chained graphs, and the errors that say what to install.
 
-    cpu        onnxruntime, CPUExecutionProvider (the measured path)
-    cuda       onnxruntime-gpu, CUDAExecutionProvider (inputs bound from host buffers: onnxruntime
-               copies them; device-resident IOBinding is not implemented yet)
-    tensorrt   onnxruntime-gpu with TensorrtExecutionProvider (needs TensorRT installed)
+    cpu           onnxruntime, CPUExecutionProvider (the measured path)
+    cuda          onnxruntime-gpu, CUDAExecutionProvider (inputs bound from host buffers: onnxruntime
+                  copies them; device-resident IOBinding is not implemented yet)
+    ort-tensorrt  onnxruntime-gpu with TensorrtExecutionProvider (needs TensorRT installed)
+    tensorrt      the artifact's own TensorRT engines (export.build --tensorrt), chained by
+                  runtime.trt_engine with preallocated device buffers (needs tensorrt + cuda-python)
 
-Only `cpu` has been run and measured in this project (no GPU was available); the others are
-selected and checked here so that asking for them fails early with an install hint.
+Only `cpu` has been run and measured in this project (no machine here has TensorRT or
+onnxruntime-gpu); the others are selected and checked here so that asking for them fails early
+with an install hint. The CUDA-graph executor measured on a GPU is runtime.cuda_graphs.
 """
 from __future__ import annotations
 
 import onnxruntime as ort
 
-BACKENDS = ("cpu", "cuda", "tensorrt")
+BACKENDS = ("cpu", "cuda", "ort-tensorrt", "tensorrt")
+ORT_BACKENDS = ("cpu", "cuda", "ort-tensorrt")
 
 _PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+    "ort-tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
 
 _INSTALL = {
     "cuda": "the CUDA build of onnxruntime: `pip uninstall -y onnxruntime && pip install 'berxit-rt[gpu]'` "
             "(onnxruntime-gpu), on a machine with an NVIDIA GPU and CUDA 12",
-    "tensorrt": "onnxruntime-gpu and TensorRT: `pip uninstall -y onnxruntime && pip install 'berxit-rt[gpu,tensorrt]'`, "
-                "with TensorRT's libraries on LD_LIBRARY_PATH",
+    "ort-tensorrt": "onnxruntime-gpu and TensorRT: `pip uninstall -y onnxruntime && pip install 'berxit-rt[gpu,tensorrt]'`, "
+                    "with TensorRT's libraries on LD_LIBRARY_PATH",
 }
 
 
@@ -36,6 +40,8 @@ def providers_for(backend: str, available: list[str] | None = None) -> list[str]
     """onnxruntime execution providers for `backend`, or BackendError if they are not available."""
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}.")
+    if backend not in ORT_BACKENDS:
+        raise BackendError(f"backend '{backend}' does not run on onnxruntime sessions (see runtime.trt_engine).")
     have = set(available if available is not None else ort.get_available_providers())
     want = _PROVIDERS[backend]
     if want[0] not in have:

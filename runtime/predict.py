@@ -25,7 +25,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--patience", type=int, default=None, help="patience policy: consecutive agreeing layers")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
     p.add_argument("--backend", default="cpu", choices=list(BACKENDS),
-                   help="cpu (measured); cuda / tensorrt need onnxruntime-gpu (not measured in this project)")
+                   help="cpu (measured); cuda / ort-tensorrt need onnxruntime-gpu; tensorrt runs the artifact's "
+                        "TensorRT engines (export --tensorrt). GPU backends are not measured in this project")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--input", default=None,
                    help="UTF-8 file, one input per line ('text' or 'text_a<TAB>text_b'); prints JSON lines")

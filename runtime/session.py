@@ -29,7 +29,7 @@ import numpy as np
 import onnxruntime as ort
 
 from . import manifest as M
-from .backends import providers_for
+from .backends import BackendError, providers_for
 from .manifest import ArtifactError, Manifest, load_manifest
 from .policies import ExitPolicy, LayerOutputs, PolicyState, decide, make_policy
 from .tokenize import Encoded, TextEncoder
@@ -104,7 +104,12 @@ class _Buffers:
         self.ids = np.zeros((b, s), np.int64)
         self.tt = np.zeros((b, s), np.int64)
         self.mask = np.zeros((b, s), np.int64)
-        self.hidden = [np.zeros((b, s, h), np.float32), np.zeros((b, s, h), np.float32)]
+        # Hidden states: numpy on the CPU backend; OrtValues in the execution provider's memory
+        # (device IOBinding) on GPU backends, so they never cross to the host between layers.
+        dev = model.buffer_device
+        self.hidden_ov = None if dev is None else [
+            ort.OrtValue.ortvalue_from_shape_and_type([b, s, h], np.float32, dev, 0) for _ in range(2)]
+        self.hidden = [np.zeros((b, s, h), np.float32), np.zeros((b, s, h), np.float32)] if dev is None else None
         self.out = {M.LOGITS: np.zeros((b, c), np.float32)}
         for name in model.signals:
             self.out[name] = np.zeros((b,), np.float32)
@@ -112,14 +117,14 @@ class _Buffers:
         self._bind_in(self.emb, M.INPUT_IDS, self.ids)
         if model.uses_token_types:
             self._bind_in(self.emb, M.TOKEN_TYPE_IDS, self.tt)
-        self._bind_out(self.emb, M.HIDDEN_IN, self.hidden[0])
+        self._bind_hidden(self.emb, M.HIDDEN_IN, 0, out=True)
         self.layers = []
         for i in range(1, model.num_layers + 1):
             bnd = model._sessions[f"layer_{i:02d}"].io_binding()
             # Layer i reads hidden[(i-1) % 2] and writes hidden[i % 2].
-            self._bind_in(bnd, M.HIDDEN_IN, self.hidden[(i - 1) % 2])
+            self._bind_hidden(bnd, M.HIDDEN_IN, (i - 1) % 2, out=False)
             self._bind_in(bnd, M.ATTENTION_MASK, self.mask)
-            self._bind_out(bnd, M.HIDDEN_OUT, self.hidden[i % 2])
+            self._bind_hidden(bnd, M.HIDDEN_OUT, i % 2, out=True)
             for name, arr in self.out.items():
                 self._bind_out(bnd, name, arr)
             self.layers.append(bnd)
@@ -132,6 +137,22 @@ class _Buffers:
             self._bind_in(self.mono, M.ATTENTION_MASK, self.mask)
             for name, arr in self.out.items():
                 self._bind_out(self.mono, name, arr)
+
+    def _bind_hidden(self, b: ort.IOBinding, name: str, j: int, out: bool) -> None:
+        if self.hidden_ov is None:
+            (self._bind_out if out else self._bind_in)(b, name, self.hidden[j])
+        elif out:
+            b.bind_ortvalue_output(name, self.hidden_ov[j])
+        else:
+            b.bind_ortvalue_input(name, self.hidden_ov[j])
+
+    def take_rows(self, other: "_Buffers", j: int, keep: np.ndarray, s: int) -> None:
+        """Compaction: rows `keep` of other's hidden[j] and mask, cut to s tokens, into this buffer."""
+        if self.hidden_ov is None:
+            self.hidden[j][:] = other.hidden[j][keep, :s]
+        else:  # a round trip through the host, on compaction only
+            self.hidden_ov[j].update_inplace(np.ascontiguousarray(other.hidden_ov[j].numpy()[keep, :s]))
+        self.mask[:] = other.mask[keep, :s]
 
     @staticmethod
     def _bind_in(b: ort.IOBinding, name: str, arr: np.ndarray) -> None:
@@ -155,9 +176,20 @@ class EarlyExitModel:
     """
 
     def __init__(self, artifact_dir: str | os.PathLike, threads: int | None = None, verify: bool = True,
-                 load_monolithic: bool = True, max_cached_shapes: int = 32, backend: str = "cpu"):
-        self.providers = providers_for(backend)  # fails first, with an install hint
+                 load_monolithic: bool = True, max_cached_shapes: int = 32, backend: str = "cpu",
+                 device_buffers: bool | None = None):
         self.backend = backend
+        self._trt = None
+        if backend == "tensorrt":  # the artifact's own engines; fails first, with an install hint
+            from .trt_engine import require
+            require()
+            self.providers: list[str] = []
+        else:
+            self.providers = providers_for(backend)  # fails first, with an install hint
+        # Hidden states live in the provider's memory on GPU backends (device IOBinding);
+        # device_buffers=True on the CPU backend runs that same code path with OrtValues in host memory.
+        gpu = backend in ("cuda", "ort-tensorrt")
+        self.buffer_device = ("cuda" if gpu else "cpu") if (device_buffers if device_buffers is not None else gpu) else None
         self.manifest: Manifest = load_manifest(artifact_dir, verify=verify)
         m = self.manifest
         self.task = m.task
@@ -172,6 +204,10 @@ class EarlyExitModel:
         roles = ["embeddings"] + [m.layer_role(i) for i in range(1, m.num_layers + 1)]
         if load_monolithic and m.has_monolithic:
             roles.append("monolithic")
+        if backend == "tensorrt":
+            from .trt_engine import TrtChain
+            self._trt = TrtChain(m)
+            roles = []
         self._sessions: dict[str, ort.InferenceSession] = {}
         for role in roles:
             path = m.graph_path(role)
@@ -217,12 +253,20 @@ class EarlyExitModel:
                 self._buffers.move_to_end(key)
             return buf, self._locks[key]
 
+    def _need_sessions(self, what: str) -> None:
+        if self._trt is not None:
+            raise BackendError(f"{what} runs on onnxruntime sessions; open the artifact with backend 'cpu' "
+                               f"(the 'tensorrt' backend runs the early-exit chain only).")
+
     # -- running --------------------------------------------------------------------------
     def encode(self, texts_a: Sequence[str], texts_b: Sequence[str] | None = None) -> Encoded:
         return self.encoder.encode(texts_a, texts_b)
 
     def run(self, enc: Encoded, policy: ExitPolicy) -> ChainResult:
         """Run the chain on a tokenized batch; rows leave the batch when `policy` says so."""
+        if self._trt is not None:
+            exit_layer, logits, sig = self._trt.run(enc.input_ids, enc.token_type_ids, enc.attention_mask, policy)
+            return ChainResult(exit_layer, logits, sig)
         b, _ = enc.shape
         exit_layer = np.zeros(b, np.int64)
         logits = np.zeros((b, self.num_outputs), np.float32)
@@ -261,8 +305,7 @@ class EarlyExitModel:
                     # error in the copy can leave no shape locked for good.
                     obuf, olock, buf, lock = buf, lock, nbuf, nlock
                     try:
-                        buf.hidden[i % 2][:] = obuf.hidden[i % 2][keep, :s2]
-                        buf.mask[:] = obuf.mask[keep, :s2]
+                        buf.take_rows(obuf, i % 2, keep, s2)
                     finally:
                         olock.release()
         finally:
@@ -271,6 +314,7 @@ class EarlyExitModel:
 
     def layer_outputs(self, enc: Encoded) -> list[LayerOutputs]:
         """Every layer's outputs for every row (no exits): evaluation and calibration use this."""
+        self._need_sessions("layer_outputs")
         b, s = enc.shape
         buf, lock = self._get(b, s)
         with lock:
@@ -284,6 +328,7 @@ class EarlyExitModel:
 
     def run_monolithic(self, enc: Encoded) -> LayerOutputs:
         """The single-graph reference model (all layers, last head)."""
+        self._need_sessions("run_monolithic")
         if "monolithic" not in self._sessions:
             raise ArtifactError("this artifact has no monolithic graph (or it was not loaded).")
         b, s = enc.shape

@@ -107,3 +107,25 @@ def test_captured_graphs_match_eager_on_gpu(dtype, atol):
     assert (ex.run(ids, tt, mask, pol).exit_layer == 3).all()
     again = ex.run_layers(ids, tt, mask)  # replays reuse the captured graphs and give the same values
     np.testing.assert_array_equal(sig, again)
+
+
+def test_gpu_benchmark_ratios():
+    from benchmarks.gpu import derive
+    # 4 layers, a layer costs 1.0, the chain adds 0.1 per layer wait, the graph-wide floor 0.2.
+    med = {"monolithic": 4.2, "chain": 4.6, "chain_nosync": 4.3, "eager_chain": 9.2, "eager_mono": 8.4}
+    med.update({f"exit@{k}": 0.2 + 1.1 * k for k in range(1, 5)})
+    d = derive(med, 4)
+    assert d["chain_overhead"] == pytest.approx(4.6 / 4.2)
+    assert d["realization_by_exit_layer"]["4"] == pytest.approx(1.0)
+    assert d["realization_by_exit_layer"]["1"] == pytest.approx((4.6 / 1.3) / 4)
+    assert d["exit_time_fit_ms"]["slope_ms_per_layer"] == pytest.approx(1.1)
+    assert d["realization_uniform_mix"] == pytest.approx((4.6 / np.mean([1.3, 2.4, 3.5, 4.6])) / (4 / 2.5))
+    assert d["eager_chain_over_chain"] == pytest.approx(2.0)
+
+
+def test_gpu_benchmark_without_a_gpu_says_so(capsys):
+    if GPU:
+        pytest.skip("a GPU is present")
+    from benchmarks.latency import main
+    assert main(["--backend", "cuda-graphs", "--config", "tiny"]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
