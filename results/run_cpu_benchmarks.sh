@@ -27,6 +27,7 @@ for p in fp32 int8; do
   python -m benchmarks.throughput --artifact artifacts/sst2_$p --task sst2 --repeats 2 --out results/sst2_$p
 done
 python -m benchmarks.scaling --artifact artifacts/sst2_fp32 --out results/scaling_fp32
+python -m benchmarks.overhead --artifact artifacts/sst2_fp32 --seq-lens 32 128 --repeats 400 --profile --out results/overhead
 python -m benchmarks.concurrency --artifact artifacts/sst2_fp32 --task sst2 --out results/concurrency
 python -m benchmarks.precision --artifacts artifacts/sst2_fp32 artifacts/sst2_int8 --task sst2 --out results/precision
 python -m benchmarks.latency --artifact artifacts/sst2_fp32 --task sst2 --repeats 2 --policies confidence --thresholds 0.7313035459973705 0.8163829041485811 --out results/sst2_fp32_targets  # single thresholds calibrated (dry run, --no-per-layer) at 0.97 and 0.99

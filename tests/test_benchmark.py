@@ -105,3 +105,21 @@ def test_precision_benchmark(rte_ckpt, rte_art, data_dir, tmp_path):
     assert [x["precision"] for x in r["rows"]] == ["fp32", "int8"]
     assert r["rows"][0]["mono_speedup_vs_first"] == pytest.approx(1.0)
     assert r["rows"][0]["score_change_vs_first_points"] == 0.0
+
+
+def test_overhead_benchmark_splits_boundaries_and_heads(rte_art, tmp_path):
+    import onnx
+
+    from benchmarks.overhead import main as overhead_main
+    from benchmarks.overhead import strip_head
+    bare = onnx.load_from_string(strip_head(rte_art / "layer_01.onnx"))
+    assert [o.name for o in bare.graph.output] == ["hidden_states_out"]
+    assert not {"LogSoftmax", "Sigmoid"} & {n.op_type for n in bare.graph.node}  # the head is gone
+    assert overhead_main(["--artifact", str(rte_art), "--seq-lens", "8", "--repeats", "5", "--profile",
+                          "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "overhead.json").read_text())
+    row = res["rows"][0]
+    assert row["seq_len"] == 8 and row["median_ms"]["chain"] > 0
+    assert row["chain_overhead"] == pytest.approx(row["boundaries_overhead"] + row["heads_share"])
+    prof = res["profile"]["8"]
+    assert prof["monolithic"]["kernel_us_by_op"].get("Attention", 0) > 0 and prof["layer_01"]["nodes"] > 5
