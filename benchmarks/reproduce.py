@@ -126,48 +126,119 @@ def _min_layers_at(points: list[dict], rel: float) -> float | None:
     return min(ok) if ok else None
 
 
-def findings(out: Path) -> str:
-    """REPRODUCTION.md body: per task, the paper's findings checked against the saved analyses."""
+def _ms(vals) -> str:
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "n/a"
+    return f"{np.mean(vals):.2f}" + (f" ± {np.std(vals):.2f}" if len(vals) > 1 else "")
+
+
+def findings(out: Path, report: Path, command: str, settings: str) -> str:
+    """REPRODUCTION.md: per task, the tables and the paper's four findings checked against the
+    saved analyses (tradeoff_<task>.json), with the numbers."""
+    rel_dir = Path(__import__("os").path.relpath(out, report.parent))
     lines = ["# Reproduction of BERxiT's findings (all-MiniLM-L6-v2, CPU)", "",
-             "Made by `python -m benchmarks.reproduce` from the runs' saved per-layer dev outputs; "
-             "`tradeoff_<task>.json` holds every number, `tradeoff_<task>.png` the curves.", ""]
+             f"Made by `{command}` from the runs' saved per-layer dev outputs (no model is re-run to draw a curve); "
+             f"`{rel_dir}/tradeoff_<task>.json` holds every number and `summary.json` the digest. {settings}", "",
+             "Relative score = score / the Two-stage model's final-layer score on the same data set (the paper's 100%, "
+             "mean over its seeds). Saved layers = 1 - average exit layer / 6. Areas are in relative-score "
+             "percentage points x layers (section 5.3). Dev split everywhere (SICK: the trial split).", ""]
+    verdicts: dict[str, dict[str, str]] = {}
     for f in sorted(out.glob("tradeoff_*.json")):
         res = json.loads(f.read_text())
-        runs = res["runs"]
+        task, runs = res["task"], res["runs"]
         by = {s: [r for r in runs if r["strategy"] == s] for s in STRATEGIES}
         L = len(runs[0]["layer_wise"])
-        mean_rel = lambda s, ks: float(np.mean([r["layer_wise_relative"][k] for r in by[s] for k in ks])) if by[s] else None  # noqa: E731
-        lines += [f"## {res['task']} ({res['metric']}; 100% = {res['baseline']})", "",
-                  "| strategy | seeds | final layer (raw) | relative, layers 1..L |", "|---|---|---|---|"]
+        v = verdicts.setdefault(task, {})
+
+        def mean_rel(s, ks):
+            return float(np.mean([r["layer_wise_relative"][k] for r in by[s] for k in ks])) if by[s] else None
+
+        lines += [f"## {task} ({res['metric']})", "", f"![{task}]({rel_dir}/tradeoff_{task}.png)", "",
+                  "| strategy (+LTE) | seeds | final layer, raw | relative score by exit layer 1..L (mean over seeds) |",
+                  "|---|---|---|---|"]
         for s in STRATEGIES:
             if by[s]:
                 fin = [r["layer_wise"][-1] for r in by[s]]
-                rel = " ".join(f"{100 * mean_rel(s, [k]):.1f}" for k in range(L))
-                lines.append(f"| {s} | {len(fin)} | {np.mean(fin):.4f} ± {np.std(fin):.4f} | {rel} |")
+                rel = " / ".join(f"{100 * mean_rel(s, [k]):.1f}" for k in range(L))
+                lines.append(f"| {s} | {len(fin)} | {np.mean(fin):.4f}" + (f" ± {np.std(fin):.4f}" if len(fin) > 1 else "")
+                             + f" | {rel} |")
         lines.append("")
+        # Table 2's form: Alternating (+LTE) operating points.
+        alt = by["alternating"]
+        if alt and alt[0].get("table2"):
+            pol = alt[0]["table2"][0]["policy"]
+            lines += [f"Table-2 form, Alternating + {pol} exit (mean over {len(alt)} seed(s); threshold of the first seed):", "",
+                      "| target relative score | threshold | relative score | avg exit layer | saved layers |",
+                      "|---|---|---|---|---|"]
+            for i, t in enumerate(alt[0]["table2"]):
+                pts = [r["table2"][i] for r in alt if r["table2"][i].get("threshold") is not None]
+                if not pts:
+                    lines.append(f"| >= {t['target']:.0%} | not reached | | | |")
+                    continue
+                lines.append(f"| >= {t['target']:.0%} | {pts[0]['threshold']:.4f} | "
+                             f"{100 * np.mean([p['relative_score'] for p in pts]):.1f}% | "
+                             f"{np.mean([p['avg_exit_layer'] for p in pts]):.2f} | "
+                             f"{100 * np.mean([p['saved_layers'] for p in pts]):.0f}% ({len(pts)}/{len(alt)} seeds) |")
+            lines.append("")
         early, late = list(range(L // 2)), list(range(L // 2, L))
+        lines.append("Findings:")
         if all(by[s] for s in STRATEGIES):
-            two_best = mean_rel("two_stage", [L - 1]) >= max(mean_rel("joint", [L - 1]), mean_rel("alternating", [L - 1]))
-            two_worst = mean_rel("two_stage", early) <= min(mean_rel("joint", early), mean_rel("alternating", early))
-            lines.append(f"- Two-stage best at the last layer: {'yes' if two_best else 'no'}; worst on layers 1..{L // 2}: "
-                         f"{'yes' if two_worst else 'no'} (mean relative early: two_stage {100 * mean_rel('two_stage', early):.1f}, "
-                         f"joint {100 * mean_rel('joint', early):.1f}, alternating {100 * mean_rel('alternating', early):.1f}).")
+            last = {s: mean_rel(s, [L - 1]) for s in STRATEGIES}
+            ear = {s: mean_rel(s, early) for s in STRATEGIES}
+            best = last["two_stage"] >= max(last["joint"], last["alternating"])
+            worst = ear["two_stage"] <= min(ear["joint"], ear["alternating"])
+            v["1 two-stage best last, worst early"] = f"{'yes' if best else 'no'} / {'yes' if worst else 'no'}"
+            lines.append(f"1. Two-stage best at the last layer: **{'yes' if best else 'no'}** (relative "
+                         + ", ".join(f"{s} {100 * last[s]:.1f}" for s in STRATEGIES)
+                         + f"); worst on layers 1..{L // 2}: **{'yes' if worst else 'no'}** (mean relative "
+                         + ", ".join(f"{s} {100 * ear[s]:.1f}" for s in STRATEGIES) + ").")
         if by["joint"] and by["alternating"]:
-            lines.append(f"- Alternating vs Joint on later layers (mean relative {L // 2 + 1}..{L}): "
-                         f"{100 * mean_rel('alternating', late):.1f} vs {100 * mean_rel('joint', late):.1f}; area ALT over "
-                         f"JOINT {res.get('area_alt_over_joint', float('nan')):.2f}, JOINT over ALT "
-                         f"{res.get('area_joint_over_alt', float('nan')):.2f} (percentage points x layers).")
-            alt = by["alternating"][0]
-            pol = "confidence" if "confidence" in alt["tradeoff"] else "lte"
+            la, lj = mean_rel("alternating", late), mean_rel("joint", late)
+            ea, ej = mean_rel("alternating", early), mean_rel("joint", early)
+            seeds = res.get("area_by_seed", [])
+            a_over = [p["alt_over_joint"] for p in seeds]
+            j_over = [p["joint_over_alt"] for p in seeds]
+            holds = la >= lj and (np.mean(a_over) >= np.mean(j_over) if seeds else True)
+            v["2 alternating vs joint"] = (f"{'yes' if holds else 'no'} (later layers {100 * la:.1f} vs {100 * lj:.1f}; "
+                                           f"area ALT over JOINT {_ms(a_over)} vs {_ms(j_over)})")
+            lines.append(f"2. Alternating vs Joint: later layers ({L // 2 + 1}..{L}) {100 * la:.1f} vs {100 * lj:.1f}, "
+                         f"early layers {100 * ea:.1f} vs {100 * ej:.1f} (mean relative); area of ALT's "
+                         f"{seeds[0]['policy'] if seeds else ''} envelope over JOINT's {_ms(a_over)}, JOINT's over ALT's "
+                         f"{_ms(j_over)} (per seed: " + ", ".join(f"s{p['seed']} {p['alt_over_joint']:.2f}/{p['joint_over_alt']:.2f}"
+                                                                     for p in seeds) + f"). Holds: **{'yes' if holds else 'no'}**.")
+        if alt:
+            pol = "confidence" if "confidence" in alt[0]["tradeoff"] else "lte"
             for rel in (0.99, 0.97):
-                m = _min_layers_at(alt["tradeoff"][pol], rel)
-                lines.append(f"- Alternating + {pol} at >= {rel:.0%} relative score: "
-                             + (f"{m:.2f} of {L} layers ({100 * (1 - m / L):.0f}% saved)." if m else "not reached."))
-            if "lte" in alt["tradeoff"]:
-                for rel in (0.99, 0.98):
-                    a, b = _min_layers_at(alt["tradeoff"]["lte"], rel), _min_layers_at(alt["patience"], rel)
-                    lines.append(f"- LTE vs patience at >= {rel:.0%}: " + (f"{a:.2f}" if a else "n/a") + " vs "
-                                 + (f"{b:.2f}" if b else "n/a") + " average exit layers.")
+                ms = [_min_layers_at(r["tradeoff"][pol], rel) for r in alt]
+                got = [m for m in ms if m is not None]
+                txt = (f"{np.mean(got):.2f} of {L} layers on average, {100 * (1 - np.mean(got) / L):.0f}% saved "
+                       f"({len(got)}/{len(alt)} seeds reach it)") if got else "not reached"
+                lines.append(f"3. Alternating + {pol} at >= {rel:.0%} relative score: {txt}.")
+                if rel == 0.97:
+                    v["3 savings at >= 97%"] = (f"{100 * (1 - np.mean(got) / L):.0f}% of layers saved" if got else "not reached")
+            lte_rows = [r["lte_vs_layer_wise"] for r in alt if "lte_vs_layer_wise" in r]
+            if lte_rows:
+                above = [x["area_lte_over_layer_wise"] for x in lte_rows]
+                below = [x["area_layer_wise_over_lte"] for x in lte_rows]
+                held = np.mean(above) > np.mean(below)
+                if res["metric"] in ("spearman", "pearson") or task in ("stsb", "sick"):
+                    v["4 LTE above layer-wise (regression)"] = (f"{'yes' if held else 'no'} (area above {_ms(above)}, "
+                                                               f"below {_ms(below)})")
+                why = "(the paper's regression finding)" if task in ("stsb", "sick") else "(classification: for reference)"
+                lines.append(f"4. LTE's envelope against the layer-wise baseline (Alternating): area above {_ms(above)}, "
+                             f"below {_ms(below)}: LTE {'beats' if held else 'does not beat'} the layer-wise baseline {why}.")
+                for rel in (0.99, 0.97):
+                    a = [_min_layers_at(r["tradeoff"]["lte"], rel) for r in alt]
+                    b = [_min_layers_at(r["patience"], rel) for r in alt]
+                    lines.append(f"   LTE vs patience at >= {rel:.0%} relative score: average exit layer {_ms(a)} (LTE) vs "
+                                 f"{_ms(b)} (patience, best p) (n/a: that score is not reached).")
+        lines.append("")
+    if verdicts:
+        lines += ["## The paper's findings at a glance", "", "| data set | finding | holds here? |", "|---|---|---|"]
+        for task, vv in verdicts.items():
+            for k, val in vv.items():
+                lines.append(f"| {task} | {k[2:]} | {val} |")
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -178,6 +249,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     p.add_argument("--runs-dir", default="runs/repro")
     p.add_argument("--out", default="results/reproduction")
+    p.add_argument("--report", default="results/REPRODUCTION.md")
     p.add_argument("--model", default=None)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--max-train-samples", type=int, default=None, help="for smoke tests only")
@@ -203,7 +275,14 @@ def main(argv=None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
     summary = summarise(runs_dir, Path(a.out))
-    (Path(a.out) / "REPRODUCTION.md").write_text(findings(Path(a.out)))
+    done = [r for r in runs if (runs_dir / r.name / "eval.json").is_file()]
+    settings = (f"Settings: backbone lr 2e-5 (the paper's), 3 epochs (SST-2: 1 epoch, max length 64, CPU budget), "
+                f"max length 128, batch 16 padded per batch, heads on the mean of token states with head lr 1e-3, "
+                f"every strategy with LTE. Runs finished: {len(done)} of the {len(runs)} planned ("
+                + ", ".join(f"{t}: {sum(1 for r in done if r.task == t)}" for t in a.tasks) + ").")
+    command = "python -m benchmarks.reproduce " + " ".join(sys.argv[1:] if argv is None else argv)
+    Path(a.report).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.report).write_text(findings(Path(a.out), Path(a.report), command, settings))
     print(json.dumps(summary, indent=2))
     return 0
 

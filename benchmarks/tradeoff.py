@@ -7,7 +7,11 @@ Quality-efficiency analysis from the raw per-layer dev outputs every checkpoint 
   tradeoff     confidence (or LTE) exit: score vs average exit layer over a threshold sweep,
                and its upper envelope (best score at <= a given average exit layer) (figs. 4-5)
   area         area of one strategy's envelope above the other's (section 5.3's metric), in
-               relative-score percentage points x layers, over the common range
+               relative-score percentage points x layers, over the common range; per seed
+               (Joint and Alternating runs of one seed paired) and their mean
+  lte          LTE's envelope against the layer-wise baseline (line through the per-layer
+               scores): area above and below it (fig. 6)
+  table2       per run, the fewest-layer operating point reaching 99/97/95% relative score
   patience     PABEE exits at every patience, for LTE-vs-patience at matched scores (table 3)
 Scores are relative to the Two-stage run's final layer when one is given (the paper's 100%),
 else to each run's own final layer (marked in the output).
@@ -102,38 +106,105 @@ def analyse(runs: list[Path]) -> dict:
         row["tradeoff"] = {p: [{**pt, "relative_score": pt["score"] / base} for pt in sweep(pl, gold, task, p)] for p in pols}
         row["patience"] = [{**pt, "relative_score": pt["score"] / base} for pt in patience_points(pl, gold, task)]
         out["runs"].append(row)
-    # Area between the Joint and Alternating confidence envelopes (first run of each).
-    pick = {s: next((r for r in out["runs"] if r["strategy"] == s and "confidence" in r["tradeoff"]), None)
-            for s in ("joint", "alternating")}
-    if all(pick.values()):
-        L = len(pick["joint"]["layer_wise"])
-        ea = envelope([{**p, "score": 100 * p["relative_score"]} for p in pick["joint"]["tradeoff"]["confidence"]], L)
-        eb = envelope([{**p, "score": 100 * p["relative_score"]} for p in pick["alternating"]["tradeoff"]["confidence"]], L)
-        j_over_a, a_over_j = area_between(*ea, *eb)
-        out["area_joint_over_alt"], out["area_alt_over_joint"] = j_over_a, a_over_j
+    # Area between the Joint and Alternating envelopes, per seed (runs of the same seed paired);
+    # confidence exit for classification (figs. 4-5), LTE for regression.
+    pairs = []
+    for seed in sorted({r["seed"] for r in out["runs"]}):
+        pick = {s: next((r for r in out["runs"] if r["strategy"] == s and r["seed"] == seed and r["tradeoff"]), None)
+                for s in ("joint", "alternating")}
+        if all(pick.values()):
+            pol = "confidence" if "confidence" in pick["joint"]["tradeoff"] else "lte"
+            L = len(pick["joint"]["layer_wise"])
+            ea = envelope([{**p, "score": 100 * p["relative_score"]} for p in pick["joint"]["tradeoff"][pol]], L)
+            eb = envelope([{**p, "score": 100 * p["relative_score"]} for p in pick["alternating"]["tradeoff"][pol]], L)
+            j_over_a, a_over_j = area_between(*ea, *eb)
+            pairs.append({"seed": seed, "policy": pol, "joint_over_alt": j_over_a, "alt_over_joint": a_over_j})
+    if pairs:
+        out["area_by_seed"] = pairs
+        out["area_joint_over_alt"] = float(np.mean([p["joint_over_alt"] for p in pairs]))
+        out["area_alt_over_joint"] = float(np.mean([p["alt_over_joint"] for p in pairs]))
+    for r in out["runs"]:
+        if "lte" in r["tradeoff"]:
+            r["lte_vs_layer_wise"] = lte_vs_layer_wise(r)
+        r["table2"] = table2_rows(r)
     return out
 
 
+def layer_wise_curve(rel: list[float], num_layers: int, step: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """The layer-wise baseline as a line through (k, relative score of layer k), in percent."""
+    xs = np.arange(1.0, num_layers + 1e-9, step)
+    return xs, np.interp(xs, np.arange(1, num_layers + 1), 100 * np.asarray(rel))
+
+
+def lte_vs_layer_wise(row: dict) -> dict:
+    """Area of the LTE trade-off envelope above / below the layer-wise baseline (fig. 6)."""
+    L = len(row["layer_wise"])
+    e = envelope([{**p, "score": 100 * p["relative_score"]} for p in row["tradeoff"]["lte"]], L)
+    above, below = area_between(*e, *layer_wise_curve(row["layer_wise_relative"], L))
+    return {"area_lte_over_layer_wise": above, "area_layer_wise_over_lte": below}
+
+
+def table2_rows(row: dict, targets: tuple[float, ...] = (0.99, 0.97, 0.95)) -> list[dict]:
+    """The paper's table 2 form: for each target relative score, the operating point with the
+    fewest layers that reaches it (its threshold, relative score, saved layers)."""
+    pol = "confidence" if "confidence" in row["tradeoff"] else ("lte" if "lte" in row["tradeoff"] else None)
+    if pol is None:
+        return []
+    L = len(row["layer_wise"])
+    rows = []
+    for t in targets:
+        ok = [p for p in row["tradeoff"][pol] if p["relative_score"] >= t]
+        if ok:
+            best = min(ok, key=lambda p: (p["avg_exit_layer"], -p["relative_score"]))
+            rows.append({"target": t, "policy": pol, "threshold": best["threshold"], "score": best["score"],
+                         "relative_score": best["relative_score"], "avg_exit_layer": best["avg_exit_layer"],
+                         "saved_layers": 1 - best["avg_exit_layer"] / L})
+        else:
+            rows.append({"target": t, "policy": pol, "threshold": None})
+    return rows
+
+
 def plot(res: dict, path: Path) -> None:
+    """Left: layer-wise relative score per strategy (mean over seeds, bars = spread; figs. 2-3).
+    Middle: trade-off envelopes of Joint and Alternating (figs. 4-5), one line per seed.
+    Right: LTE's trade-off against the layer-wise baseline, and patience points (fig. 6, table 3)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(1, 2, figsize=(12, 4.5))
-    for r in res["runs"]:
-        lab = f"{r['strategy']}{'+lte' if r['lte'] else ''} s{r['seed']}"
-        L = len(r["layer_wise"])
-        ax[0].plot(range(1, L + 1), [100 * v for v in r["layer_wise_relative"]], "o-", label=lab)
-        for p, pts in r["tradeoff"].items():
-            xs, ys = envelope([{**q, "score": 100 * q["relative_score"]} for q in pts], L)
-            ax[1].plot(xs, ys, label=f"{lab} {p}")
+    fig, ax = plt.subplots(1, 3, figsize=(16, 4.6))
+    colors = {"two_stage": "tab:gray", "joint": "tab:blue", "alternating": "tab:red"}
+    runs = res["runs"]
+    L = len(runs[0]["layer_wise"])
+    for s in ("two_stage", "joint", "alternating"):
+        rr = [r for r in runs if r["strategy"] == s]
+        if rr:
+            a = 100 * np.array([r["layer_wise_relative"] for r in rr])
+            ax[0].errorbar(range(1, L + 1), a.mean(0), yerr=a.std(0) if len(rr) > 1 else None, fmt="o-", capsize=3,
+                           color=colors[s], label=f"{s} ({len(rr)} seed{'s' if len(rr) > 1 else ''})")
+        for r in rr:
+            if s == "two_stage":
+                continue
+            for p, pts in r["tradeoff"].items():
+                if p == ("confidence" if "confidence" in r["tradeoff"] else "lte"):
+                    xs, ys = envelope([{**q, "score": 100 * q["relative_score"]} for q in pts], L)
+                    ax[1].plot(xs, ys, color=colors[s], alpha=0.8, label=f"{s} s{r['seed']} {p}")
+    alt = next((r for r in runs if r["strategy"] == "alternating" and "lte" in r["tradeoff"]), None)
+    if alt is not None:
+        xs, ys = layer_wise_curve(alt["layer_wise_relative"], L)
+        ax[2].plot(xs, ys, "k--", label="layer-wise baseline (alternating)")
+        ex, ey = envelope([{**q, "score": 100 * q["relative_score"]} for q in alt["tradeoff"]["lte"]], L)
+        ax[2].plot(ex, ey, color="tab:red", label="alternating + LTE")
+        ax[2].plot([q["avg_exit_layer"] for q in alt["patience"]], [100 * q["relative_score"] for q in alt["patience"]],
+                   "s", color="tab:green", label="patience (PABEE) p=1..L-1")
     ax[0].set(xlabel="exit layer (all rows)", ylabel=f"relative {res['metric']} (%)", title="layer-wise scores")
     ax[1].set(xlabel="average exit layer", ylabel=f"relative {res['metric']} (%)", title="trade-off (upper envelope)")
+    ax[2].set(xlabel="average exit layer", ylabel=f"relative {res['metric']} (%)", title="LTE vs layer-wise, patience")
     for a in ax:
         a.grid(alpha=0.3)
         a.legend(fontsize=7)
     fig.suptitle(f"{res['task']}: 100% = {res['baseline']}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 

@@ -57,21 +57,45 @@ def test_tradeoff_on_tiny_runs(tiny_dir, data_dir, tmp_path):
     two = next(x for x in r["runs"] if x["strategy"] == "two_stage")
     assert two["layer_wise_relative"][-1] == pytest.approx(1.0)
     assert "area_alt_over_joint" in r and r["area_alt_over_joint"] >= 0 and r["area_joint_over_alt"] >= 0
+    assert [p["seed"] for p in r["area_by_seed"]] == [42]
     for x in r["runs"]:
         assert set(x["tradeoff"]) == {"confidence", "lte"} and len(x["patience"]) == 1
+        assert set(x["lte_vs_layer_wise"]) == {"area_lte_over_layer_wise", "area_layer_wise_over_lte"}
+        assert [t["target"] for t in x["table2"]] == [0.99, 0.97, 0.95]
         assert all(1 <= p["avg_exit_layer"] <= 2 for p in x["tradeoff"]["confidence"])
 
 
 def test_reproduce_resumes_and_summarises(tiny_dir, data_dir, tmp_path):
     from benchmarks.reproduce import main as repro_main
     args = ["--tasks", "rte", "--seeds", "1", "--model", str(tiny_dir), "--data-dir", str(data_dir),
-            "--max-train-samples", "16", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "res")]
+            "--max-train-samples", "16", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "res"),
+            "--report", str(tmp_path / "REPRODUCTION.md")]
     assert repro_main(args + ["--no-limit"]) == 0
     s = json.loads((tmp_path / "res" / "summary.json").read_text())
     assert set(s["rte"]["final_layer"]) == {"two_stage", "joint", "alternating"}
-    report = (tmp_path / "res" / "REPRODUCTION.md").read_text()
-    assert "## rte" in report and "Two-stage best at the last layer" in report and "area ALT over JOINT" in report
+    report = (tmp_path / "REPRODUCTION.md").read_text()
+    assert "## rte" in report and "Two-stage best at the last layer" in report and "area of ALT's" in report
+    assert "![rte](res/tradeoff_rte.png)" in report and "Table-2 form" in report and "at a glance" in report
+    assert "Runs finished: 3 of the 3 planned (rte: 3)" in report
     ckpt = tmp_path / "runs" / "rte" / "joint_lte_seed1" / "eval.json"
     stamp = ckpt.stat().st_mtime_ns
     assert repro_main(args + ["--no-limit"]) == 0  # second call: everything done, nothing retrained
     assert ckpt.stat().st_mtime_ns == stamp
+
+
+def test_table2_and_lte_vs_layer_wise_on_a_known_case():
+    from benchmarks.tradeoff import lte_vs_layer_wise, table2_rows
+    # 4 layers; layer-wise relative 0.8, 0.9, 0.95, 1.0. LTE points: one at 2.0 layers with 0.98.
+    row = {"layer_wise": [0.8, 0.9, 0.95, 1.0], "layer_wise_relative": [0.8, 0.9, 0.95, 1.0],
+           "tradeoff": {"lte": [{"threshold": 0.2, "score": 0.8, "relative_score": 0.8, "avg_exit_layer": 1.0},
+                                {"threshold": 0.5, "score": 0.98, "relative_score": 0.98, "avg_exit_layer": 2.0},
+                                {"threshold": 0.9, "score": 1.0, "relative_score": 1.0, "avg_exit_layer": 4.0}]}}
+    t = table2_rows(row)
+    assert t[0]["avg_exit_layer"] == 4.0 and t[1]["avg_exit_layer"] == 2.0 and t[1]["saved_layers"] == 0.5
+    assert t[1]["threshold"] == 0.5 and t[2]["relative_score"] == 0.98
+    a = lte_vs_layer_wise(row)
+    # Envelope: 80 on [1,2), 98 on [2,4); baseline line 80->90->95->100. Above: from x=2 to 4 the gap is
+    # 8 at x=2, 3 at x=3, -2 at x=4 (crossing at 3.6): 5.5 + 3*0.6/2 = 6.4. Below: 0 to 10 over [1,2) = ~5,
+    # and 2*0.4/2 = 0.4 near the end.
+    assert a["area_lte_over_layer_wise"] == pytest.approx(6.4, abs=0.15)
+    assert a["area_layer_wise_over_lte"] == pytest.approx(5.4, abs=0.2)
