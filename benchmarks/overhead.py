@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .timing import environment, interleaved
+from .timing import environment, interleaved, write_result
 
 
 def strip_head(path: Path) -> bytes:
@@ -163,11 +163,8 @@ def main(argv=None) -> int:
     except Exception as e:  # noqa: BLE001 - artifact errors carry their own message
         print(f"error: {e}", file=sys.stderr)
         return 2
-    res = {"command": "python -m benchmarks.overhead " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "artifact": str(a.artifact), "rows": rows, "profile": prof, "env": environment(threads)}
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "overhead.json").write_text(json.dumps(res, indent=2) + "\n")
+    res = {"artifact": str(a.artifact), "rows": rows, "profile": prof, "env": environment(threads)}
+    write_result(a.out, "overhead.json", res, "benchmarks.overhead", argv)
     print(f"{'seq':>4} {'chain/mono':>10} {'bare/mono':>10} {'heads':>7} {'head us/layer':>14} {'emb share':>9}")
     for r in rows:
         print(f"{r['seq_len']:4d} {r['chain_overhead']:10.3f} {r['boundaries_overhead']:10.3f} {r['heads_share']:7.3f} "

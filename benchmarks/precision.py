@@ -8,9 +8,7 @@ exit. Speed ratios are against the first artifact. Writes DIR/precision.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -19,7 +17,7 @@ from runtime.metrics import score
 from runtime.session import EarlyExitModel, default_threads
 from runtime.tasks import get_task
 
-from .timing import environment, interleaved, percentiles
+from .timing import environment, interleaved, percentiles, write_result
 
 
 def run(artifacts: list[str], task_name: str, data_dir: str | None, max_samples: int | None, repeats: int,
@@ -73,10 +71,7 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    res["command"] = "python -m benchmarks.precision " + " ".join(sys.argv[1:] if argv is None else argv)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "precision.json").write_text(json.dumps(res, indent=2) + "\n")
+    write_result(a.out, "precision.json", res, "benchmarks.precision", argv)
     for r in res["rows"]:
         print(f"{r['precision']}: full-depth {r['score_full_depth']:.4f} ({r['score_change_vs_first_points']:+.2f} pt), "
               f"early exit {r['score_early_exit']:.4f} at {r['avg_exit_layer']:.2f} layers; monolithic "

@@ -20,7 +20,7 @@ import numpy as np
 from runtime.session import EarlyExitModel, default_threads
 from runtime.tokenize import Encoded
 
-from .timing import environment, interleaved, percentiles
+from .timing import environment, interleaved, percentiles, save_figure, write_result
 
 log = logging.getLogger("benchmarks.scaling")
 
@@ -96,11 +96,7 @@ def plot(res: dict, path: Path) -> None:
     ax.set(xscale="log", yscale="log", xlabel="sequence length", ylabel="latency (ms, batch 1)",
            title=f"latency vs sequence length ({res['precision']})")
     ax.set_xticks(s, [str(x) for x in s])
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, ax, path)
 
 
 def main(argv=None) -> int:
@@ -113,11 +109,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     res = run(args.artifact, args.seq_lens, args.repeats, args.threads)
-    res["command"] = "python -m benchmarks.scaling " + " ".join(sys.argv[1:] if argv is None else argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "scaling.json").write_text(json.dumps(res, indent=2) + "\n")
-    plot(res, out / "scaling.png")
+    path = write_result(args.out, "scaling.json", res, "benchmarks.scaling", argv)
+    plot(res, path.with_suffix(".png"))
     for r in res["rows"]:
         print(f"seq {r['seq_len']:>4}: monolithic {r['monolithic']['latency_ms_mean']:.2f} ms, full chain "
               f"{r['full_chain']['latency_ms_mean']:.2f} ms (overhead {r['chain_overhead']:.3f})")

@@ -9,7 +9,6 @@ Writes DIR/throughput.json and DIR/throughput.png.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ from runtime.metrics import score
 from runtime.session import EarlyExitModel, default_threads
 from runtime.tasks import get_task
 
-from .timing import environment, interleaved
+from .timing import environment, interleaved, save_figure, write_result
 
 log = logging.getLogger("benchmarks.throughput")
 
@@ -82,11 +81,7 @@ def plot(res: dict, path: Path) -> None:
     ax.set(xscale="log", xlabel="batch size", ylabel="rows / s",
            title=f"{res['task']} {res['precision']}: {res['policy']}, rel. score {res['relative_score']:.3f}")
     ax.set_xticks(bss, [str(b) for b in bss])
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, ax, path)
 
 
 def main(argv=None) -> int:
@@ -111,11 +106,8 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    res["command"] = "python -m benchmarks.throughput " + " ".join(sys.argv[1:] if argv is None else argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "throughput.json").write_text(json.dumps(res, indent=2) + "\n")
-    plot(res, out / "throughput.png")
+    path = write_result(args.out, "throughput.json", res, "benchmarks.throughput", argv)
+    plot(res, path.with_suffix(".png"))
     for r in res["rows"]:
         t = r["throughput_rows_per_s"]
         print(f"batch {r['batch_size']:>3}: early exit {t['early_exit']:.1f} rows/s, full chain {t['full_chain']:.1f}, "

@@ -99,3 +99,27 @@ def environment(threads: int, backend: str = "onnxruntime-cpu", precision: str =
             "numpy": v("numpy"), "onnxruntime": v("onnxruntime"), "torch": v("torch"),
             "transformers": v("transformers"), "git_commit": _git_commit(),
             "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def write_result(out_dir: str | Path, name: str, res: dict, prog: str, argv: list[str] | None) -> Path:
+    """Stamp `res` with the command that made it and write it as OUT/name (JSON)."""
+    import json
+    import sys
+    res["command"] = f"python -m {prog} " + " ".join(sys.argv[1:] if argv is None else argv)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / name
+    path.write_text(json.dumps(res, indent=2) + "\n")
+    return path
+
+
+def save_figure(fig, axes, path: Path, dpi: int = 110) -> None:
+    """Grid and legend on every axis, tight layout, write, close."""
+    import matplotlib.pyplot as plt
+    for ax in (axes if isinstance(axes, (list, tuple, np.ndarray)) else [axes]):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)

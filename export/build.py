@@ -10,7 +10,6 @@ so an interrupted or failed export leaves any previous artifact at `--out` untou
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import shutil
 import sys
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 from runtime import manifest as M
-from runtime.manifest import sha256_file, write_manifest
+from runtime.manifest import install_folder, sha256_file, write_manifest
 from runtime.tasks import get_task
 from train.model import MultiExitModel, exit_signals, load_checkpoint
 
@@ -275,22 +274,11 @@ def build(cfg: ExportConfig) -> Path:
                          "python": platform.python_version(), "export_seconds": round(time.time() - t0, 1)},
         }
         write_manifest(tmp, manifest)  # last: its presence marks the folder complete
-        _install(tmp, out)
+        install_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _install(tmp: Path, out: Path) -> None:
-    """Move the finished folder into place; an existing artifact is replaced only now."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
 
 
 def _read_json(p: Path) -> dict:

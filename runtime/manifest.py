@@ -186,3 +186,16 @@ def write_manifest(root: Path, data: dict[str, Any]) -> Path:
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def install_folder(tmp: Path, out: Path) -> None:
+    """Move a finished folder into place; an existing `out` is replaced only now, so an
+    interrupted or failed write never costs the previous one (export and fine-tuning use this)."""
+    import shutil
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)

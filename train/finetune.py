@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
 import shutil
 import sys
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from runtime.manifest import install_folder
 from runtime.tasks import TASKS, get_task
 
 from .data import collate, load_split, tokenize, train_batches
@@ -147,13 +147,7 @@ def finetune(cfg: TrainConfig, progress: bool = True) -> dict:
         (tmp / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
         (tmp / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
         save_layer_outputs(tmp / "dev_layer_outputs.npz", per_layer, dev.labels)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        install_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
