@@ -158,7 +158,14 @@ def findings(out: Path, report: Path, command: str, settings: str) -> str:
         def mean_rel(s, ks):
             return float(np.mean([r["layer_wise_relative"][k] for r in by[s] for k in ks])) if by[s] else None
 
-        lines += [f"## {task} ({res['metric']})", "", f"![{task}]({rel_dir}/tradeoff_{task}.png)", "",
+        lines += [f"## {task} ({res['metric']})", "", f"![{task}]({rel_dir}/tradeoff_{task}.png)", ""]
+        if res.get("majority_class_score") is not None:
+            two_fin = [r["baseline_score"] for r in runs][:1]
+            lines += [f"Always answering the most frequent dev label scores {res['majority_class_score']:.4f} "
+                      f"({100 * res['majority_class_score'] / two_fin[0]:.1f}% relative): exits that score near it "
+                      f"have learnt little.", ""]
+        lines += [
+
                   "| strategy (+LTE) | seeds | final layer, raw | relative score by exit layer 1..L (mean over seeds) |",
                   "|---|---|---|---|"]
         for s in STRATEGIES:
@@ -236,7 +243,7 @@ def findings(out: Path, report: Path, command: str, settings: str) -> str:
                     a = [_min_layers_at(r["tradeoff"]["lte"], rel) for r in alt]
                     b = [_min_layers_at(r["patience"], rel) for r in alt]
                     lines.append(f"   LTE vs patience at >= {rel:.0%} relative score: average exit layer {_ms(a)} (LTE) vs "
-                                 f"{_ms(b)} (patience, best p) (n/a: that score is not reached).")
+                                 f"{_ms(b)} (patience, best p)" + (" (n/a: not reached)" if None in a + b else "") + ".")
         lines.append("")
     if verdicts:
         lines += ["## The paper's findings at a glance", "", "| data set | finding | holds here? |", "|---|---|---|"]

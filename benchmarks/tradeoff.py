@@ -95,6 +95,13 @@ def analyse(runs: list[Path]) -> dict:
     two = [d for d in data if d["strategy"] == "two_stage"]
     base_src = "two_stage final layer" if two else "own final layer"
     out = {"task": task.name, "metric": task.metric, "baseline": base_src, "runs": []}
+    if task.kind == "classification":
+        # What always answering the most frequent dev label scores: a floor to read the curves against.
+        gold0 = data[0]["gold"].astype(int)
+        major = np.bincount(gold0).argmax()
+        onehot = np.zeros((len(gold0), max(task.num_outputs, 2)))
+        onehot[:, major] = 1.0
+        out["majority_class_score"] = score(task.metric, onehot, gold0, task.kind)
     for d in data:
         pl, gold = d["per_layer"], d["gold"]
         base = np.mean([score(task.metric, t["per_layer"][-1].logits, t["gold"], task.kind) for t in two]) if two \
