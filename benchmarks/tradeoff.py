@@ -203,6 +203,10 @@ def plot(res: dict, path: Path) -> None:
         ax[2].plot(ex, ey, color="tab:red", label="alternating + LTE")
         ax[2].plot([q["avg_exit_layer"] for q in alt["patience"]], [100 * q["relative_score"] for q in alt["patience"]],
                    "s", color="tab:green", label="patience (PABEE) p=1..L-1")
+    if res.get("majority_class_score") is not None:
+        maj = 100 * res["majority_class_score"] / runs[0]["baseline_score"]
+        for a in ax:
+            a.axhline(maj, color="k", ls=":", lw=1, label="majority class")
     ax[0].set(xlabel="exit layer (all rows)", ylabel=f"relative {res['metric']} (%)", title="layer-wise scores")
     ax[1].set(xlabel="average exit layer", ylabel=f"relative {res['metric']} (%)", title="trade-off (upper envelope)")
     ax[2].set(xlabel="average exit layer", ylabel=f"relative {res['metric']} (%)", title="LTE vs layer-wise, patience")
