@@ -220,14 +220,16 @@ def findings(out: Path, report: Path, command: str, settings: str) -> str:
                                                                      for p in seeds) + f"). Holds: **{'yes' if holds else 'no'}**.")
         if alt:
             pol = "confidence" if "confidence" in alt[0]["tradeoff"] else "lte"
+            parts = []
             for rel in (0.99, 0.97):
                 ms = [_min_layers_at(r["tradeoff"][pol], rel) for r in alt]
                 got = [m for m in ms if m is not None]
                 txt = (f"{np.mean(got):.2f} of {L} layers on average, {100 * (1 - np.mean(got) / L):.0f}% saved "
                        f"({len(got)}/{len(alt)} seeds reach it)") if got else "not reached"
-                lines.append(f"3. Alternating + {pol} at >= {rel:.0%} relative score: {txt}.")
+                parts.append(f"at >= {rel:.0%} relative score {txt}")
                 if rel == 0.97:
                     v["3 savings at >= 97%"] = (f"{100 * (1 - np.mean(got) / L):.0f}% of layers saved" if got else "not reached")
+            lines.append(f"3. Alternating + {pol}: " + "; ".join(parts) + ".")
             lte_rows = [r["lte_vs_layer_wise"] for r in alt if "lte_vs_layer_wise" in r]
             if lte_rows:
                 above = [x["area_lte_over_layer_wise"] for x in lte_rows]
