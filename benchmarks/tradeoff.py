@@ -94,7 +94,8 @@ def analyse(runs: list[Path]) -> dict:
     task = get_task(tasks.pop())
     two = [d for d in data if d["strategy"] == "two_stage"]
     base_src = "two_stage final layer" if two else "own final layer"
-    out = {"task": task.name, "metric": task.metric, "baseline": base_src, "runs": []}
+    out = {"task": task.name, "metric": task.metric, "baseline": base_src, "dev_rows": int(len(data[0]["gold"])),
+           "runs": []}
     if task.kind == "classification":
         # What always answering the most frequent dev label scores: a floor to read the curves against.
         gold0 = data[0]["gold"].astype(int)
