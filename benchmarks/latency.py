@@ -199,11 +199,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if "--backend" in argv or any(a.startswith("--backend=") for a in argv):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    backend = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--backend"),
+                   next((a.split("=", 1)[1] for a in argv if a.startswith("--backend=")), "cpu"))
+    if backend != "cpu":
         # GPU: the CUDA-graph executor has its own benchmark (CUDA events, random-weight configs).
         from . import gpu
         return gpu.main(argv)
+    argv = [a for i, a in enumerate(argv) if not (a == "--backend" or a.startswith("--backend=")
+                                                   or (i > 0 and argv[i - 1] == "--backend"))]
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

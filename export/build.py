@@ -229,7 +229,7 @@ def build(cfg: ExportConfig) -> Path:
             trt_dir = tmp / ENGINE_DIR
             trt_dir.mkdir()
             plain = export_graphs(model, n, trt_dir, monolithic=False)  # standard ONNX ops only
-            trt_record = build_engines(trt_dir, {k: v for k, v in plain.items()}, trt_dir,
+            trt_record = build_engines(trt_dir, plain, trt_dir,
                                        model.backbone.config.hidden_size,
                                        profile_for(max_len, cfg.trt_max_batch, cfg.trt_opt_batch, cfg.trt_opt_seq),
                                        cfg.precision)

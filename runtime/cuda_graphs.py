@@ -22,7 +22,6 @@ and has not been run.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -291,16 +290,3 @@ class CudaGraphChain:
             buf.mono()
             buf.wait(0)
             return buf.mono_host.numpy().copy()
-
-
-def expected_speedup(layers: int, avg_exit: float) -> float:
-    """The layer-count estimate of early exit's speed-up (what realization divides by)."""
-    if not 0 < avg_exit <= layers:
-        raise ValueError("avg_exit must be in (0, layers]")
-    return layers / avg_exit
-
-
-def percentile_summary(ms: list[float]) -> dict[str, float]:
-    a = np.sort(np.asarray(ms, dtype=np.float64))
-    q = lambda p: float(a[min(len(a) - 1, max(0, math.ceil(p / 100 * len(a)) - 1))])  # noqa: E731
-    return {"p50": q(50), "p90": q(90), "p99": q(99), "mean": float(a.mean()), "n": int(len(a))}

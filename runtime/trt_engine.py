@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-from pathlib import Path
 
 import numpy as np
 
@@ -197,7 +196,3 @@ class TrtChain:
         for p in self._pinned:
             cud.cudaFreeHost(p)
         cud.cudaStreamDestroy(self.stream)
-
-
-def engine_files(manifest_dir: Path, record: dict) -> list[Path]:
-    return [manifest_dir / e["file"] for e in record.get("engines", {}).values()]

@@ -120,6 +120,6 @@ def test_overhead_benchmark_splits_boundaries_and_heads(rte_art, tmp_path):
     res = json.loads((tmp_path / "overhead.json").read_text())
     row = res["rows"][0]
     assert row["seq_len"] == 8 and row["median_ms"]["chain"] > 0
-    assert row["chain_overhead"] == pytest.approx(row["boundaries_overhead"] + row["heads_share"])
+    assert set(row["median_ms"]) == {"monolithic", "chain", "chain_bare", "embeddings", "layer", "layer_bare"}
     prof = res["profile"]["8"]
     assert prof["monolithic"]["kernel_us_by_op"].get("Attention", 0) > 0 and prof["layer_01"]["nodes"] > 5

@@ -129,3 +129,7 @@ def test_gpu_benchmark_without_a_gpu_says_so(capsys):
     from benchmarks.latency import main
     assert main(["--backend", "cuda-graphs", "--config", "tiny"]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
+    # --backend cpu is the ordinary onnxruntime benchmark (here it stops at the missing artifact).
+    assert main(["--backend", "cpu", "--artifact", "no/such/artifact", "--task", "rte"]) == 2
+    err = capsys.readouterr().err
+    assert "CUDA" not in err and "no/such/artifact" in err

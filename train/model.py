@@ -161,8 +161,8 @@ class MultiExitModel(nn.Module):
         if self.cfg.pooling == "cls":
             return hidden[:, 0]
         # Weighted sum as one batched matmul: [B, 1, S] x [B, S, H]. Exported, this is one GEMM
-        # instead of an elementwise Mul and a ReduceSum over [B, S, H], which cost a per-layer
-        # graph more than its whole exit head (measured: benchmarks.overhead).
+        # instead of an elementwise Mul and a ReduceSum over [B, S, H], the two most expensive
+        # ops of an exit head in onnxruntime's profile (benchmarks.overhead --profile).
         m = attention_mask.to(hidden.dtype)  # [B, S]
         w = m / m.sum(dim=1, keepdim=True).clamp(min=1.0)
         return torch.bmm(w.unsqueeze(1), hidden).squeeze(1)
