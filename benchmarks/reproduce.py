@@ -11,7 +11,7 @@ The plan (about 7 CPU-hours on 2 cores, measured step times in ../shared/PROBE.m
   rte, mrpc, stsb   joint, two_stage, alternating (+LTE)        3 seeds, 3 epochs
   sick              joint, two_stage, alternating (+LTE)        1 seed, 3 epochs
   sst2              joint, two_stage, alternating (+LTE)        1 seed, 1 epoch on 16,000 rows (CPU budget)
-  rte               limit at layers 1..L                          1 seed
+  stsb              limit at layers 1..L (section 6's upper bound)  1 seed
 Settings: lr 2e-5 for the backbone as in the paper, 3 epochs, max length 128 (sst2: 64),
 batch 16, heads reading the mean of token states with head lr 1e-3 (all-MiniLM-L6-v2 was
 pre-trained with mean pooling; see README), padding per batch.
@@ -63,21 +63,37 @@ STRATEGIES = ("two_stage", "joint", "alternating")
 SST2_TRAIN_ROWS = 16000
 
 
-def plan(tasks: list[str], seeds: list[int], num_layers: int = 6, limit: bool = True) -> list[Run]:
+def _budget(task: str) -> dict:
+    if task == "sst2":
+        return {"epochs": 1.0, "max_seq_len": 64, "extra": ("--max-train-samples", str(SST2_TRAIN_ROWS))}
+    return {"epochs": 3.0, "max_seq_len": 128}
+
+
+def plan(tasks: list[str], seeds: list[int], num_layers: int = 6, limit_task: str | None = "stsb") -> list[Run]:
     # Seed-major order: one seed of every task first, so that an interrupted plan has already
     # covered every data set; the extra seeds (rte, mrpc, stsb) and the Limit runs come after.
+    # Limit runs on STS-B by default: its exits range from ~20% to 100% relative score, so the gap
+    # to a single-exit model per layer (inter-classifier interference) is measurable; on RTE and
+    # MRPC the backbone learns little with these settings and every layer sits near the majority class.
     runs = []
     for seed in seeds:
         for t in tasks:
             if seed != seeds[0] and t not in ("rte", "mrpc", "stsb"):
                 continue
-            epochs, seq = (1.0, 64) if t == "sst2" else (3.0, 128)
-            extra = ("--max-train-samples", str(SST2_TRAIN_ROWS)) if t == "sst2" else ()
             for s in STRATEGIES:
-                runs.append(Run(t, s, seed, lte=True, epochs=epochs, max_seq_len=seq, extra=extra))
-    if limit and "rte" in tasks:
-        runs += [Run("rte", "limit", seeds[0], lte=False, limit_layer=k) for k in range(1, num_layers + 1)]
+                runs.append(Run(t, s, seed, lte=True, **_budget(t)))
+    if limit_task and limit_task in tasks:
+        runs += [Run(limit_task, "limit", seeds[0], lte=False, limit_layer=k, **_budget(limit_task))
+                 for k in range(1, num_layers + 1)]
     return runs
+
+
+def model_layers(model: str | None) -> int:
+    """Transformer layers of the backbone (the packaged MiniLM-L6 when None): one Limit run each."""
+    from transformers import AutoConfig
+
+    from train.model import packaged_minilm_path
+    return int(AutoConfig.from_pretrained(model or packaged_minilm_path()).num_hidden_layers)
 
 
 def execute(runs: list[Run], runs_dir: Path, common: list[str], log=print) -> list[Path]:
@@ -108,6 +124,9 @@ def summarise(runs_dir: Path, out: Path) -> dict:
         if not ckpts:
             continue
         res = analyse(ckpts)
+        res["limit"] = limit_scores(task_dir, res)
+        if not res["limit"]:
+            del res["limit"]
         (out / f"tradeoff_{res['task']}.json").write_text(json.dumps(res, indent=2) + "\n")
         plot(res, out / f"tradeoff_{res['task']}.png")
         final = {}
@@ -115,14 +134,25 @@ def summarise(runs_dir: Path, out: Path) -> dict:
             vals = [r["layer_wise"][-1] for r in res["runs"] if r["strategy"] == s]
             if vals:
                 final[s] = {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "seeds": len(vals)}
-        limit = sorted((json.loads((p / "train_config.json").read_text())["limit_layer"],
-                        json.loads((p / "eval.json").read_text())["layer_scores"][-1][res["metric"]])
-                       for p in task_dir.iterdir() if "limit" in p.name and (p / "eval.json").is_file())
-        summary[res["task"]] = {"metric": res["metric"], "final_layer": final, "limit": limit,
+        summary[res["task"]] = {"metric": res["metric"], "final_layer": final, "limit": res.get("limit", []),
                                 "area_joint_over_alt": res.get("area_joint_over_alt"),
                                 "area_alt_over_joint": res.get("area_alt_over_joint")}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def limit_scores(task_dir: Path, res: dict) -> list[dict]:
+    """Section 6's Limit: one model per layer i (the first i layers, one exit), its dev score and
+    that score relative to the same 100% as the strategies' curves."""
+    base = res["runs"][0]["baseline_score"]
+    rows = []
+    for p in task_dir.iterdir():
+        if p.name.startswith("limit") and (p / "eval.json").is_file():
+            layer = json.loads((p / "train_config.json").read_text())["limit_layer"]
+            sc = json.loads((p / "eval.json").read_text())["layer_scores"][-1][res["metric"]]
+            rows.append({"layer": layer, "seed": json.loads((p / "train_config.json").read_text())["seed"],
+                         "score": sc, "relative_score": sc / base})
+    return sorted(rows, key=lambda r: (r["layer"], r["seed"]))
 
 
 def _min_layers_at(points: list[dict], rel: float) -> float | None:
@@ -183,7 +213,18 @@ def findings(out: Path, report: Path, command: str, settings: str) -> str:
                 rel = " / ".join(f"{100 * mean_rel(s, [k]):.1f}" for k in range(L))
                 lines.append(f"| {s} | {len(fin)} | {np.mean(fin):.4f}" + (f" ± {np.std(fin):.4f}" if len(fin) > 1 else "")
                              + f" | {rel} |")
+        lim = res.get("limit", [])
+        if lim:
+            rel = " / ".join(f"{100 * r['relative_score']:.1f}" for r in lim)
+            lines.append(f"| Limit (one model per layer, no LTE) | {len({r['seed'] for r in lim})} | "
+                         f"{lim[-1]['score']:.4f} (layer {lim[-1]['layer']}) | {rel} |")
         lines.append("")
+        if lim:
+            best = {k: max(mean_rel(s, [k]) for s in STRATEGIES if by[s]) for k in range(L)}
+            gaps = [(r["layer"], 100 * (r["relative_score"] - best[r["layer"] - 1])) for r in lim if r["layer"] <= L]
+            lines += ["Limit (section 6): layer i's score when a model of only the first i layers is fine-tuned with one "
+                      "exit, an upper bound free of interference between exits. Limit minus the best strategy's exit at "
+                      "the same layer (relative points): " + ", ".join(f"layer {k} {g:+.1f}" for k, g in gaps) + ".", ""]
         # Table 2's form: Alternating (+LTE) operating points.
         alt = by["alternating"]
         if alt and alt[0].get("table2"):
@@ -277,6 +318,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=None)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--max-train-samples", type=int, default=None, help="for smoke tests only")
+    p.add_argument("--limit-task", default="stsb", help="data set for the Limit runs (one model per layer)")
     p.add_argument("--no-limit", action="store_true")
     p.add_argument("--plan", action="store_true", help="print the runs and their state, train nothing")
     p.add_argument("--report-only", action="store_true", help="analyse the runs that exist, train nothing")
@@ -285,7 +327,8 @@ def main(argv=None) -> int:
     for flag, v in (("--model", a.model), ("--data-dir", a.data_dir), ("--max-train-samples", a.max_train_samples)):
         if v is not None:
             common += [flag, str(v)]
-    runs = plan(a.tasks, a.seeds, limit=not a.no_limit)
+    limit_task = None if a.no_limit else a.limit_task
+    runs = plan(a.tasks, a.seeds, num_layers=model_layers(a.model) if limit_task in a.tasks else 6, limit_task=limit_task)
     runs_dir = Path(a.runs_dir)
     if a.plan:
         for r in runs:

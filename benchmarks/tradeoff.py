@@ -173,7 +173,8 @@ def table2_rows(row: dict, targets: tuple[float, ...] = (0.99, 0.97, 0.95)) -> l
 
 
 def plot(res: dict, path: Path) -> None:
-    """Left: layer-wise relative score per strategy (mean over seeds, bars = spread; figs. 2-3).
+    """Left: layer-wise relative score per strategy (mean over seeds, bars = spread; figs. 2-3), and
+    section 6's Limit where res["limit"] holds it.
     Middle: trade-off envelopes of Joint and Alternating (figs. 4-5), one line per seed.
     Right: LTE's trade-off against the layer-wise baseline, and patience points (fig. 6, table 3)."""
     import matplotlib
@@ -196,6 +197,9 @@ def plot(res: dict, path: Path) -> None:
                 if p == ("confidence" if "confidence" in r["tradeoff"] else "lte"):
                     xs, ys = envelope([{**q, "score": 100 * q["relative_score"]} for q in pts], L)
                     ax[1].plot(xs, ys, color=colors[s], alpha=0.8, label=f"{s} s{r['seed']} {p}")
+    if res.get("limit"):
+        ax[0].plot([q["layer"] for q in res["limit"]], [100 * q["relative_score"] for q in res["limit"]], "kx", ms=9,
+                   label="Limit (one model per layer)")
     alt = next((r for r in runs if r["strategy"] == "alternating" and "lte" in r["tradeoff"]), None)
     if alt is not None:
         xs, ys = layer_wise_curve(alt["layer_wise_relative"], L)

@@ -3,6 +3,7 @@ analysis on tiny runs of every strategy."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,17 +71,40 @@ def test_reproduce_resumes_and_summarises(tiny_dir, data_dir, tmp_path):
     args = ["--tasks", "rte", "--seeds", "1", "--model", str(tiny_dir), "--data-dir", str(data_dir),
             "--max-train-samples", "16", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "res"),
             "--report", str(tmp_path / "REPRODUCTION.md")]
-    assert repro_main(args + ["--no-limit"]) == 0
+    args += ["--limit-task", "rte"]  # the tiny backbone has 2 layers: two Limit runs
+    assert repro_main(args) == 0
     s = json.loads((tmp_path / "res" / "summary.json").read_text())
     assert set(s["rte"]["final_layer"]) == {"two_stage", "joint", "alternating"}
+    assert [r["layer"] for r in s["rte"]["limit"]] == [1, 2]
+    res = json.loads((tmp_path / "res" / "tradeoff_rte.json").read_text())
+    limit2 = json.loads((tmp_path / "runs" / "rte" / "limit2_seed1" / "eval.json").read_text())
+    assert res["limit"][1]["score"] == limit2["layer_scores"][-1]["accuracy"]
+    assert res["limit"][1]["relative_score"] == pytest.approx(limit2["layer_scores"][-1]["accuracy"]
+                                                              / res["runs"][0]["baseline_score"])
     report = (tmp_path / "REPRODUCTION.md").read_text()
     assert "## rte" in report and "Two-stage best at the last layer" in report and "area of ALT's" in report
     assert "![rte](res/tradeoff_rte.png)" in report and "Table-2 form" in report and "at a glance" in report
-    assert "Runs finished: 3 of the 3 planned (rte: 3)" in report
+    assert "Runs finished: 5 of the 5 planned (rte: 5)" in report
+    assert "| Limit (one model per layer, no LTE) | 1 |" in report and "Limit minus the best strategy's" in report
     ckpt = tmp_path / "runs" / "rte" / "joint_lte_seed1" / "eval.json"
     stamp = ckpt.stat().st_mtime_ns
-    assert repro_main(args + ["--no-limit"]) == 0  # second call: everything done, nothing retrained
+    assert repro_main(args) == 0  # second call: everything done, nothing retrained
     assert ckpt.stat().st_mtime_ns == stamp
+
+
+def test_reproduce_plan_order_and_limit_runs():
+    from benchmarks.reproduce import plan
+    runs = plan(["rte", "sst2", "stsb"], [1, 2], num_layers=3)
+    names = [r.name for r in runs]
+    # Seed-major: every task's first seed before any second seed; sst2 gets one seed only.
+    assert names[:9] == [f"{t}/{s}_lte_seed1" for t in ("rte", "sst2", "stsb") for s in ("two_stage", "joint", "alternating")]
+    assert not any(n.startswith("sst2/") and n.endswith("seed2") for n in names)
+    assert names[-3:] == ["stsb/limit1_seed1", "stsb/limit2_seed1", "stsb/limit3_seed1"]
+    assert runs[-1].argv(Path("o"), [])[-2:] == ["--limit-layer", "3"] and not runs[-1].lte
+    sst2 = [r for r in plan(["sst2"], [1], num_layers=2, limit_task="sst2") if r.strategy == "limit"]
+    assert [r.limit_layer for r in sst2] == [1, 2] and all(r.epochs == 1.0 and "--max-train-samples" in r.extra for r in sst2)
+    assert not [r for r in plan(["rte"], [1], limit_task=None) if r.strategy == "limit"]
+    assert not [r for r in plan(["rte"], [1]) if r.strategy == "limit"]  # default Limit task (stsb) not asked for
 
 
 def test_table2_and_lte_vs_layer_wise_on_a_known_case():
