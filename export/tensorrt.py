@@ -99,7 +99,7 @@ def build_engine(trt, onnx_path: Path, engine_path: Path, shapes: dict, fp16: bo
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_path.read_bytes()):
+    if not parser.parse_from_file(str(onnx_path)):  # from the file: external weights, if any, resolve next to it
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT cannot parse {onnx_path.name}: {errs}")
     config = builder.create_builder_config()

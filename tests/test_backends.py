@@ -64,6 +64,95 @@ def test_tensorrt_manifest_record():
     assert rec["profile"]["max_seq"] == 128 and rec["engines"]["layer_01"]["file"].endswith(".plan")
 
 
+class _FakeTrt:
+    """Records the calls build_engine makes through TensorRT 10's Python API (no TensorRT here)."""
+
+    def __init__(self, parse_ok=True, build_ok=True):
+        self.calls, self.parse_ok, self.build_ok = [], parse_ok, build_ok
+        trt = self
+
+        class Logger:
+            WARNING = "warning"
+
+            def __init__(self, level):
+                pass
+
+        class Network:
+            pass
+
+        class Profile:
+            def set_shape(self, name, lo, opt, hi):
+                trt.calls.append(("set_shape", name, lo, opt, hi))
+
+        class Config:
+            def set_memory_pool_limit(self, pool, n):
+                trt.calls.append(("pool", pool, n))
+
+            def set_flag(self, flag):
+                trt.calls.append(("flag", flag))
+
+            def add_optimization_profile(self, prof):
+                trt.calls.append(("profile",))
+
+        class Builder:
+            def __init__(self, logger):
+                pass
+
+            def create_network(self, flags):
+                trt.calls.append(("network", flags))
+                return Network()
+
+            def create_builder_config(self):
+                return Config()
+
+            def create_optimization_profile(self):
+                return Profile()
+
+            def build_serialized_network(self, network, config):
+                trt.calls.append(("build",))
+                return b"PLAN" if trt.build_ok else None
+
+        class OnnxParser:
+            num_errors = 1
+
+            def __init__(self, network, logger):
+                pass
+
+            def parse_from_file(self, path):
+                trt.calls.append(("parse", path))
+                return trt.parse_ok
+
+            def get_error(self, i):
+                return "node 3: unsupported operator Foo"
+
+        self.Logger, self.Builder, self.OnnxParser = Logger, Builder, OnnxParser
+        self.MemoryPoolType = type("MemoryPoolType", (), {"WORKSPACE": "workspace"})
+        self.BuilderFlag = type("BuilderFlag", (), {"FP16": "fp16"})
+
+
+def test_tensorrt_build_engine_call_sequence(tmp_path):
+    from export.tensorrt import Profile, build_engine
+    onnx_path, plan = tmp_path / "layer_01.onnx", tmp_path / "layer_01.plan"
+    onnx_path.write_bytes(b"onnx")
+    shapes = Profile(opt_batch=2, max_batch=8, opt_seq=64, max_seq=128).shapes(["hidden_states", "attention_mask"], 32)
+    trt = _FakeTrt()
+    build_engine(trt, onnx_path, plan, shapes, fp16=True)
+    assert plan.read_bytes() == b"PLAN"
+    assert trt.calls[0] == ("network", 0) and trt.calls[1] == ("parse", str(onnx_path))
+    assert ("flag", "fp16") in trt.calls and ("pool", "workspace", 4 << 30) in trt.calls
+    assert ("set_shape", "hidden_states", (1, 1, 32), (2, 64, 32), (8, 128, 32)) in trt.calls
+    assert ("set_shape", "attention_mask", (1, 1), (2, 64), (8, 128)) in trt.calls
+    assert trt.calls.index(("profile",)) < trt.calls.index(("build",))
+    fp32 = _FakeTrt()
+    build_engine(fp32, onnx_path, tmp_path / "b.plan", shapes, fp16=False)
+    assert not [c for c in fp32.calls if c[0] == "flag"]
+    with pytest.raises(RuntimeError, match="cannot parse layer_01.onnx: node 3: unsupported operator Foo"):
+        build_engine(_FakeTrt(parse_ok=False), onnx_path, tmp_path / "c.plan", shapes, fp16=False)
+    with pytest.raises(RuntimeError, match="failed to build an engine for layer_01.onnx"):
+        build_engine(_FakeTrt(build_ok=False), onnx_path, tmp_path / "d.plan", shapes, fp16=False)
+    assert not (tmp_path / "c.plan").exists() and not (tmp_path / "d.plan").exists()
+
+
 def test_tensorrt_export_options_are_checked():
     from export.build import ExportConfig, ExportError
     with pytest.raises(ExportError, match="add --tensorrt"):
