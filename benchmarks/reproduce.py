@@ -179,6 +179,20 @@ def findings(out: Path, report: Path, command: str, settings: str) -> str:
              "percentage points x layers (section 5.3). Dev split everywhere (SICK: the trial split).", ""]
     verdicts: dict[str, dict[str, str]] = {}
     weak: set[str] = set()
+    finals = ["## Final-layer scores", "",
+              "Raw dev score of each strategy's last exit (mean ± spread over seeds, the spread being the standard "
+              "deviation; n = seeds).", "",
+              "| data set (metric) | " + " | ".join(STRATEGIES) + " | majority class |", "|---|" + "---|" * (len(STRATEGIES) + 1)]
+    for f in sorted(out.glob("tradeoff_*.json")):
+        res = json.loads(f.read_text())
+        cells = []
+        for s_ in STRATEGIES:
+            fin = [r["layer_wise"][-1] for r in res["runs"] if r["strategy"] == s_]
+            cells.append((f"{np.mean(fin):.4f}" + (f" ± {np.std(fin):.4f}" if len(fin) > 1 else "") + f" (n={len(fin)})")
+                         if fin else "-")
+        maj = res.get("majority_class_score")
+        finals.append(f"| {res['task']} ({res['metric']}) | " + " | ".join(cells) + f" | {'-' if maj is None else f'{maj:.4f}'} |")
+    lines += finals + [""]
     for f in sorted(out.glob("tradeoff_*.json")):
         res = json.loads(f.read_text())
         task, runs = res["task"], res["runs"]

@@ -86,6 +86,7 @@ def test_reproduce_resumes_and_summarises(tiny_dir, data_dir, tmp_path):
     assert "![rte](res/tradeoff_rte.png)" in report and "Table-2 form" in report and "at a glance" in report
     assert "Runs finished: 5 of the 5 planned (rte: 5)" in report
     assert "| Limit (one model per layer, no LTE) | 1 |" in report and "Limit minus the best strategy's" in report
+    assert "## Final-layer scores" in report and "| rte (accuracy) | " in report
     ckpt = tmp_path / "runs" / "rte" / "joint_lte_seed1" / "eval.json"
     stamp = ckpt.stat().st_mtime_ns
     assert repro_main(args) == 0  # second call: everything done, nothing retrained
