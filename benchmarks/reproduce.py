@@ -7,7 +7,7 @@ picks up where it stopped. Then it analyses every task with benchmarks.tradeoff 
 OUT/summary.json (final-layer scores per strategy, mean and spread over seeds; area between
 the Joint and Alternating trade-off curves; LTE vs layer-wise; LTE vs patience).
 
-The plan (about 7 CPU-hours on 2 cores, measured step times in ../shared/PROBE.md):
+The plan (5.1 hours of training on 2 cores as run here; step times in ../shared/PROBE.md):
   rte, mrpc, stsb   joint, two_stage, alternating (+LTE)        3 seeds, 3 epochs
   sick              joint, two_stage, alternating (+LTE)        1 seed, 3 epochs
   sst2              joint, two_stage, alternating (+LTE)        1 seed, 1 epoch on 16,000 rows (CPU budget)
