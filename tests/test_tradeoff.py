@@ -124,3 +124,23 @@ def test_table2_and_lte_vs_layer_wise_on_a_known_case():
     # and 2*0.4/2 = 0.4 near the end.
     assert a["area_lte_over_layer_wise"] == pytest.approx(6.4, abs=0.15)
     assert a["area_layer_wise_over_lte"] == pytest.approx(5.4, abs=0.2)
+
+
+def test_committed_reproduction_numbers_come_from_the_committed_runs():
+    # results/reproduction/per_layer holds every run's per-layer dev outputs (no weights): the
+    # committed analysis must be what benchmarks.tradeoff computes from them.
+    from benchmarks.reproduce import limit_scores
+    from benchmarks.tradeoff import analyse
+    root = Path(__file__).resolve().parents[1] / "results" / "reproduction"
+    for task in ("rte", "stsb"):
+        runs = sorted(p for p in (root / "per_layer" / task).iterdir() if not p.name.startswith("limit"))
+        assert len(runs) == 9
+        res = analyse(runs)
+        saved = json.loads((root / f"tradeoff_{task}.json").read_text())
+        assert np.allclose([r["layer_wise"] for r in res["runs"]], [r["layer_wise"] for r in saved["runs"]])
+        assert np.allclose([(p["joint_over_alt"], p["alt_over_joint"]) for p in res["area_by_seed"]],
+                           [(p["joint_over_alt"], p["alt_over_joint"]) for p in saved["area_by_seed"]])
+        if task == "stsb":
+            got = limit_scores(root / "per_layer" / task, res)
+            assert np.allclose([r["relative_score"] for r in got], [r["relative_score"] for r in saved["limit"]])
+            assert [r["layer"] for r in saved["limit"]] == [1, 2, 3, 4, 5, 6]
