@@ -148,10 +148,9 @@ def limit_scores(task_dir: Path, res: dict) -> list[dict]:
     rows = []
     for p in task_dir.iterdir():
         if p.name.startswith("limit") and (p / "eval.json").is_file():
-            layer = json.loads((p / "train_config.json").read_text())["limit_layer"]
+            cfg = json.loads((p / "train_config.json").read_text())
             sc = json.loads((p / "eval.json").read_text())["layer_scores"][-1][res["metric"]]
-            rows.append({"layer": layer, "seed": json.loads((p / "train_config.json").read_text())["seed"],
-                         "score": sc, "relative_score": sc / base})
+            rows.append({"layer": cfg["limit_layer"], "seed": cfg["seed"], "score": sc, "relative_score": sc / base})
     return sorted(rows, key=lambda r: (r["layer"], r["seed"]))
 
 
@@ -236,8 +235,8 @@ def findings(out: Path, report: Path, command: str, settings: str) -> str:
                          f"{lim[-1]['score']:.4f} (layer {lim[-1]['layer']}) | {rel} |")
         lines.append("")
         if lim:
-            best = {k: max(mean_rel(s, [k]) for s in STRATEGIES if by[s]) for k in range(L)}
-            gaps = [(r["layer"], 100 * (r["relative_score"] - best[r["layer"] - 1])) for r in lim if r["layer"] <= L]
+            best_at = {k: max(mean_rel(s, [k]) for s in STRATEGIES if by[s]) for k in range(L)}
+            gaps = [(r["layer"], 100 * (r["relative_score"] - best_at[r["layer"] - 1])) for r in lim if r["layer"] <= L]
             lines += ["Limit (section 6): layer i's score when a model of only the first i layers is fine-tuned with one "
                       "exit, an upper bound free of interference between exits. Limit minus the best strategy's exit at "
                       "the same layer (relative points): " + ", ".join(f"layer {k} {g:+.1f}" for k, g in gaps) + ".", ""]
@@ -334,7 +333,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=None)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--max-train-samples", type=int, default=None, help="for smoke tests only")
-    p.add_argument("--limit-task", default="stsb", help="data set for the Limit runs (one model per layer)")
+    p.add_argument("--limit-task", default=None,
+                   help="data set for the Limit runs, one model per layer (default: stsb when it is in --tasks)")
     p.add_argument("--no-limit", action="store_true")
     p.add_argument("--plan", action="store_true", help="print the runs and their state, train nothing")
     p.add_argument("--report-only", action="store_true", help="analyse the runs that exist, train nothing")
@@ -343,7 +343,9 @@ def main(argv=None) -> int:
     for flag, v in (("--model", a.model), ("--data-dir", a.data_dir), ("--max-train-samples", a.max_train_samples)):
         if v is not None:
             common += [flag, str(v)]
-    limit_task = None if a.no_limit else a.limit_task
+    if a.limit_task and a.limit_task not in a.tasks:
+        p.error(f"--limit-task {a.limit_task} is not among --tasks ({' '.join(a.tasks)}); add it there or drop --limit-task")
+    limit_task = None if a.no_limit else (a.limit_task or ("stsb" if "stsb" in a.tasks else None))
     runs = plan(a.tasks, a.seeds, num_layers=model_layers(a.model) if limit_task in a.tasks else 6, limit_task=limit_task)
     runs_dir = Path(a.runs_dir)
     if a.plan:

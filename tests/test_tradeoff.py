@@ -108,6 +108,13 @@ def test_reproduce_plan_order_and_limit_runs():
     assert not [r for r in plan(["rte"], [1]) if r.strategy == "limit"]  # default Limit task (stsb) not asked for
 
 
+def test_reproduce_rejects_a_limit_task_outside_the_plan(capsys):
+    from benchmarks.reproduce import main as repro_main
+    with pytest.raises(SystemExit) as e:
+        repro_main(["--tasks", "rte", "--limit-task", "sst2", "--plan"])
+    assert e.value.code == 2 and "--limit-task sst2 is not among --tasks (rte)" in capsys.readouterr().err
+
+
 def test_table2_and_lte_vs_layer_wise_on_a_known_case():
     from benchmarks.tradeoff import lte_vs_layer_wise, table2_rows
     # 4 layers; layer-wise relative 0.8, 0.9, 0.95, 1.0. LTE points: one at 2.0 layers with 0.98.
