@@ -23,7 +23,7 @@ from .timing import environment
 def _worker(artifact: str, task: str, data_dir: str | None, clients: list[int], intra: int, requests: int,
             rounds: int) -> dict:
     from runtime.datasets import load_split
-    from runtime.session import EarlyExitModel
+    from runtime.model import EarlyExitModel
 
     model = EarlyExitModel(artifact, threads=intra, load_monolithic=False)
     pol = model.policy()

@@ -1,7 +1,7 @@
 """`python -m benchmarks.gpu --config bert-base --batch-size 1 --seq-len 128 --dtype fp16 --out results/gpu`
 (also reached as `python -m benchmarks.latency --backend cuda-graphs ...`)
 
-Times the CUDA executor (runtime.cuda_graphs) with CUDA events, all variants interleaved in one
+Times the CUDA executor (train.cuda_graphs) with CUDA events, all variants interleaved in one
 run, over several input sets (so that no variant times a cache-warm copy of one input):
 
   monolithic     the whole model (embeddings, all layers, last head) as one CUDA graph
@@ -88,7 +88,7 @@ def run(config: str, batch: int, seq: int, dtype: str, reps: int, input_sets: in
         checkpoint: str | None = None) -> dict:
     import torch
 
-    from runtime.cuda_graphs import CudaGraphChain, random_model
+    from train.cuda_graphs import CudaGraphBackend, random_model
 
     if not torch.cuda.is_available():
         raise RuntimeError("benchmarks.gpu needs a CUDA GPU and a CUDA build of PyTorch; this machine has none "
@@ -100,7 +100,7 @@ def run(config: str, batch: int, seq: int, dtype: str, reps: int, input_sets: in
         model = random_model(config, max_len=max(512, seq))
     L = model.cfg.num_layers
     t0 = time.time()
-    ex = CudaGraphChain(model, device="cuda", dtype=dtype)
+    ex = CudaGraphBackend(model, device="cuda", dtype=dtype)
     rng = np.random.default_rng(0)
     sets = []
     for _ in range(input_sets):
@@ -108,7 +108,7 @@ def run(config: str, batch: int, seq: int, dtype: str, reps: int, input_sets: in
         sets.append((ids, np.zeros_like(ids), np.ones_like(ids)))
     ex.bucket(batch, seq)  # capture outside the timing
     capture_s = time.time() - t0
-    eager_ex = CudaGraphChain(model, device="cuda", dtype=dtype, capture=False) if eager else None
+    eager_ex = CudaGraphBackend(model, device="cuda", dtype=dtype, capture=False) if eager else None
 
     def on(i):
         return sets[i % len(sets)]

@@ -28,7 +28,8 @@ import numpy as np
 
 from runtime.metrics import score
 from runtime.policies import LayerOutputs, predictions_at_exit, simulate
-from runtime.session import EarlyExitModel, default_threads
+from runtime.backends.ort import default_threads
+from runtime.model import EarlyExitModel
 from runtime.tasks import get_task
 
 from .timing import environment, interleaved, linear_fit, percentiles

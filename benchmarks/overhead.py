@@ -55,21 +55,22 @@ def _bind(sess, ins: dict, outs: dict):
 
 def measure(artifact: Path, seq: int, repeats: int, threads: int) -> dict:
     from runtime import load_manifest
-    from runtime.session import make_session
+    from runtime.manifest import layer_role
+    from runtime.backends.ort import make_session
 
     m = load_manifest(artifact)
-    L, H, C = m.num_layers, int(m.backbone["hidden_size"]), m.task.num_outputs
+    L, H, C = m.num_layers, m.hidden_size, m.task.num_outputs
     emb_inputs = m.graphs["embeddings"].inputs
     rng = np.random.default_rng(0)
-    ids = rng.integers(5, min(5000, int(m.backbone.get("vocab_size") or 5000)), (1, seq)).astype(np.int64)
+    ids = rng.integers(5, min(5000, m.backbone.vocab_size), (1, seq)).astype(np.int64)
     tt, mask = np.zeros_like(ids), np.ones_like(ids)
     hid = np.zeros((2, 1, seq, H), np.float32)
     small = {"logits": np.zeros((1, C), np.float32), **{s: np.zeros(1, np.float32) for s in m.signals}}
     emb_in = {"input_ids": ids, **({"token_type_ids": tt} if "token_type_ids" in emb_inputs else {})}
-    emb = make_session(m.graph_path("embeddings"), threads)
-    layers = [make_session(m.graph_path(m.layer_role(i)), threads) for i in range(1, L + 1)]
-    bare = [make_session(strip_head(m.graph_path(m.layer_role(i))), threads) for i in range(1, L + 1)]
-    mono = make_session(m.graph_path("monolithic"), threads)
+    emb = make_session(m.path(m.graphs["embeddings"].file), threads)
+    layers = [make_session(m.path(m.graphs[layer_role(i)].file), threads) for i in range(1, L + 1)]
+    bare = [make_session(strip_head(m.path(m.graphs[layer_role(i)].file)), threads) for i in range(1, L + 1)]
+    mono = make_session(m.path(m.graphs["monolithic"].file), threads)
     be = _bind(emb, emb_in, {"hidden_states": hid[0]})
     bl = [_bind(s, {"hidden_states": hid[i % 2], "attention_mask": mask}, {"hidden_states_out": hid[(i + 1) % 2], **small})
           for i, s in enumerate(layers)]
@@ -108,26 +109,21 @@ def profile(artifact: Path, seq: int, runs: int = 200) -> dict:
     """onnxruntime's per-node profile: kernel microseconds by operator type (median per run)."""
     import collections
 
-    import onnxruntime as ort
-
     from runtime import load_manifest
+    from runtime.backends.ort import default_threads, make_session
+    from runtime.manifest import layer_role
     m = load_manifest(artifact)
+    threads = default_threads()
     rng = np.random.default_rng(0)
-    ids = rng.integers(5, min(5000, int(m.backbone.get("vocab_size") or 5000)), (1, seq)).astype(np.int64)
+    ids = rng.integers(5, min(5000, m.backbone.vocab_size), (1, seq)).astype(np.int64)
     feeds_mono = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
     if "token_type_ids" in m.graphs["embeddings"].inputs:
         feeds_mono["token_type_ids"] = np.zeros_like(ids)
-    feeds_layer = {"hidden_states": rng.standard_normal((1, seq, int(m.backbone["hidden_size"]))).astype(np.float32),
+    feeds_layer = {"hidden_states": rng.standard_normal((1, seq, m.hidden_size)).astype(np.float32),
                    "attention_mask": np.ones_like(ids)}
     out = {}
-    for role, feeds in ((m.layer_role(m.num_layers // 2), feeds_layer), ("monolithic", feeds_mono)):
-        so = ort.SessionOptions()
-        so.use_per_session_threads = False
-        so.enable_profiling = True
-        so.log_severity_level = 3
-        so.add_session_config_entry("session.use_env_allocators", "1")
-        so.profile_file_prefix = f"/tmp/berxit_profile_{role}"
-        s = ort.InferenceSession(str(m.graph_path(role)), so, providers=["CPUExecutionProvider"])
+    for role, feeds in ((layer_role(m.num_layers // 2), feeds_layer), ("monolithic", feeds_mono)):
+        s = make_session(m.path(m.graphs[role].file), threads, profile_prefix=f"/tmp/berxit_profile_{role}")
         for _ in range(runs):
             s.run(None, feeds)
         prof = Path(s.end_profiling())
@@ -155,7 +151,7 @@ def main(argv=None) -> int:
     p.add_argument("--profile", action="store_true", help="also write onnxruntime's per-operator profile")
     p.add_argument("--out", default="results/overhead")
     a = p.parse_args(argv)
-    from runtime.session import default_threads
+    from runtime.backends.ort import default_threads
     threads = a.threads or default_threads()
     try:
         rows = [measure(Path(a.artifact), s, a.repeats, threads) for s in a.seq_lens]

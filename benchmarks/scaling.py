@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.session import EarlyExitModel, default_threads
+from runtime.backends.ort import default_threads
+from runtime.model import EarlyExitModel
 from runtime.tokenize import Encoded
 
 from .timing import environment, interleaved, percentiles, save_figure, write_result
@@ -59,8 +60,8 @@ def run(artifact: str, seq_lens: list[int], repeats: int, threads: int | None) -
     threads = threads or default_threads()
     model = EarlyExitModel(artifact, threads=threads)
     L = model.num_layers
-    max_pos = int(model.manifest.backbone.get("max_position_embeddings") or 512)
-    vocab = int(model.manifest.backbone.get("vocab_size") or 1000)
+    max_pos = int(model.manifest.backbone.extra.get("max_position_embeddings") or 512)
+    vocab = model.manifest.backbone.vocab_size
     rows = []
     for s in seq_lens:
         if s > max_pos:

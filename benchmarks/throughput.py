@@ -17,7 +17,8 @@ import numpy as np
 
 from runtime.datasets import load_split
 from runtime.metrics import score
-from runtime.session import EarlyExitModel, default_threads
+from runtime.backends.ort import default_threads
+from runtime.model import EarlyExitModel
 from runtime.tasks import get_task
 
 from .timing import environment, interleaved, save_figure, write_result

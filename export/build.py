@@ -57,8 +57,16 @@ class ExportConfig:
     trt_max_batch: int = 32
     trt_opt_batch: int = 1
     trt_opt_seq: int = 128
+    exit_layers: tuple[int, ...] | None = None  # None: every layer has an exit; else the layers that do
 
     def __post_init__(self):
+        if self.layers is not None and (isinstance(self.layers, bool) or not isinstance(self.layers, int)):
+            raise ExportError(f"--layers must be an integer, got {self.layers!r}")
+        if self.exit_layers is not None:
+            xs = tuple(self.exit_layers)
+            if not xs or any(isinstance(x, bool) or not isinstance(x, int) for x in xs) or list(xs) != sorted(set(xs)) \
+                    or xs[0] < 1:
+                raise ExportError(f"--exit-layers must be increasing layer numbers >= 1, got {list(xs)}")
         if self.precision == "fp16" and not self.tensorrt:
             raise ExportError("--precision fp16 applies to TensorRT engines: add --tensorrt (the ONNX graphs stay fp32)")
         if self.precision not in PRECISIONS and self.precision != "fp16":
@@ -69,8 +77,12 @@ class ExportConfig:
                               f"(got {self.trt_opt_batch}, {self.trt_max_batch}, {self.trt_opt_seq})")
         if self.tensorrt and self.precision == "int8":
             raise ExportError("--tensorrt builds fp32 or fp16 engines; int8 engines need a calibration set (not supported)")
-        if self.atol is not None and not self.atol > 0:
-            raise ExportError("--atol must be positive")
+        if self.atol is not None and not (self.atol > 0 and self.atol < float("inf")):
+            raise ExportError(f"--atol must be a positive finite number, got {self.atol}")
+        for name in ("trt_max_batch", "trt_opt_batch", "trt_opt_seq"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ExportError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
 
     @property
     def onnx_precision(self) -> str:
@@ -95,18 +107,21 @@ def _validation_batch(tokenizer, text_pair: bool, max_len: int) -> dict[str, np.
 
 
 def _session(path: Path):
-    from runtime.session import make_session
+    from runtime.backends.ort import make_session
     return make_session(path)
 
 
 def _maxdiff(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
     if mask is not None:  # hidden states at padded positions are never read: compare real tokens only
         a, b = a[mask.astype(bool)], b[mask.astype(bool)]
-    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
+    if not a.size:
+        return 0.0
+    d = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    return float("nan") if not np.isfinite(d).all() else float(d.max())
 
 
 @torch.no_grad()
-def validate(model: MultiExitModel, tmp: Path, roles: dict, num_layers: int, batch: dict[str, np.ndarray],
+def validate(model: MultiExitModel, tmp: Path, roles: dict, exits: list[int], batch: dict[str, np.ndarray],
              atol: float) -> dict:
     """Each graph alone, and the chain end to end, against PyTorch on the same inputs."""
     model.eval()
@@ -115,46 +130,50 @@ def validate(model: MultiExitModel, tmp: Path, roles: dict, num_layers: int, bat
     sig = signal_names(model)
     feeds = lambda role, avail: {n: avail[n] for n in roles[role]["inputs"]}  # noqa: E731
     per_graph: dict[str, float] = {}
-    # Torch reference hidden states, layer by layer.
-    h_ref = model.embed(ids, tt)
-    emb = _session(tmp / roles["embeddings"]["file"]).run(None, feeds("embeddings", batch))[0]
-    per_graph["embeddings"] = _maxdiff(emb, h_ref.numpy(), batch[M.ATTENTION_MASK])
-    from train.model import additive_mask
-    ext = additive_mask(mask, h_ref.dtype)
-    h_chain = emb
-    chain_diff = 0.0
-    for i in range(num_layers):
-        role = f"layer_{i + 1:02d}"
-        sess = _session(tmp / roles[role]["file"])
-        # (a) the graph alone on the torch reference input
-        res = sess.run(None, {M.HIDDEN_IN: h_ref.numpy(), M.ATTENTION_MASK: batch[M.ATTENTION_MASK]})
-        h_next = model.layer(i, h_ref, ext)
-        ref = [h_next.numpy(), out.logits[i].numpy()]
+
+    def head_ref(i: int) -> list[np.ndarray]:  # logits and signals of 0-based layer i
+        ref = [out.logits[i].numpy()]
         if model.cfg.kind == "classification":
             ref += [t.numpy() for t in exit_signals(out.logits[i])]
         if model.cfg.lte:
             ref.append(out.lte[i].numpy())
+        return ref
+
+    # Torch reference hidden states, stage by stage.
+    h_ref = model.embed(ids, tt)
+    emb = _session(tmp / roles[M.EMBEDDINGS]["file"]).run(None, feeds(M.EMBEDDINGS, batch))[0]
+    per_graph[M.EMBEDDINGS] = _maxdiff(emb, h_ref.numpy(), batch[M.ATTENTION_MASK])
+    from train.model import additive_mask
+    ext = additive_mask(mask, h_ref.dtype)
+    h_chain = emb
+    chain_diff = 0.0
+    prev = 0
+    for x in exits:
+        role = M.layer_role(x)
+        sess = _session(tmp / roles[role]["file"])
+        # (a) the graph alone on the torch reference input
+        res = sess.run(None, {M.HIDDEN_IN: h_ref.numpy(), M.ATTENTION_MASK: batch[M.ATTENTION_MASK]})
+        h_next = h_ref
+        for i in range(prev, x):
+            h_next = model.layer(i, h_next, ext)
+        ref = [h_next.numpy()] + head_ref(x - 1)
         diffs = [_maxdiff(res[0], ref[0], batch[M.ATTENTION_MASK])] + [_maxdiff(r, e) for r, e in zip(res[1:], ref[1:])]
         per_graph[role] = max(diffs)
         # (b) the chain: ONNX hidden states fed forward
         chained = sess.run(None, {M.HIDDEN_IN: h_chain, M.ATTENTION_MASK: batch[M.ATTENTION_MASK]})
         h_chain = chained[0]
         chain_diff = max(chain_diff, *(_maxdiff(r, e) for r, e in zip(chained[1:], ref[1:])))
-        h_ref = h_next
-    if "monolithic" in roles:
-        res = _session(tmp / roles["monolithic"]["file"]).run(None, feeds("monolithic", batch))
-        last = num_layers - 1
-        ref = [out.logits[last].numpy()]
-        if model.cfg.kind == "classification":
-            ref += [t.numpy() for t in exit_signals(out.logits[last])]
-        if model.cfg.lte:
-            ref.append(out.lte[last].numpy())
-        per_graph["monolithic"] = max(_maxdiff(r, e) for r, e in zip(res, ref))
+        h_ref, prev = h_next, x
+    if M.MONOLITHIC in roles:
+        res = _session(tmp / roles[M.MONOLITHIC]["file"]).run(None, feeds(M.MONOLITHIC, batch))
+        per_graph[M.MONOLITHIC] = max(_maxdiff(r, e) for r, e in zip(res, head_ref(exits[-1] - 1)))
     worst = max(max(per_graph.values()), chain_diff)
-    if worst > atol:
-        bad = {k: v for k, v in per_graph.items() if v > atol}
+    if not worst <= atol:  # NaN compares False: a model with NaN weights fails here
+        bad = {k: v for k, v in per_graph.items() if not v <= atol}
         raise ValidationError(f"exported graphs differ from PyTorch by up to {worst:.2e} (> atol {atol:.0e}): "
-                              f"{bad or {'chain': chain_diff}}. The export is not written.")
+                              f"{bad or {'chain': chain_diff}}"
+                              + (" -- the model computes NaN or infinity (its weights are not finite: retrain)"
+                                 if not np.isfinite(worst) else "") + ". The export is not written.")
     return {"atol": atol, "max_abs_diff": worst, "chain_max_abs_diff": chain_diff,
             "per_graph_max_abs_diff": per_graph, "outputs_checked": ["hidden_states", "logits"] + sig,
             "inputs": f"{len(_SAMPLE_TEXTS)} tokenized text rows with padding"}
@@ -192,6 +211,10 @@ def build(cfg: ExportConfig) -> Path:
     n = depth if cfg.layers is None else cfg.layers
     if not 1 <= n <= depth:
         raise ExportError(f"--layers {n} is out of range: the checkpoint has {depth} layers (use 1..{depth}).")
+    exits = list(range(1, n + 1)) if cfg.exit_layers is None else list(cfg.exit_layers)
+    if exits[-1] != n:
+        raise ExportError(f"--exit-layers must end at the last exported layer ({n}): every row leaves there; "
+                          f"got {exits}.")
     task = get_task(model.cfg.task)
     train_cfg = _read_json(ckpt / "train_config.json")
     max_len = int(train_cfg.get("max_seq_len", 128))
@@ -205,20 +228,20 @@ def build(cfg: ExportConfig) -> Path:
         fused: dict[str, dict[str, int]] = {}
         if cfg.fuse:
             with fusable_attention(model):
-                roles = export_graphs(model, n, tmp, monolithic=cfg.monolithic)
+                roles = export_graphs(model, n, tmp, monolithic=cfg.monolithic, exits=exits)
             c = model.backbone.config
             for role, r in roles.items():
                 fused[role] = fuse(tmp / r["file"], c.num_attention_heads, c.hidden_size)
                 if role == "embeddings":
                     fused[role].update(fuse_embeddings(tmp / r["file"]))
         else:
-            roles = export_graphs(model, n, tmp, monolithic=cfg.monolithic)
+            roles = export_graphs(model, n, tmp, monolithic=cfg.monolithic, exits=exits)
         if cfg.onnx_precision == "int8":
             for r in roles.values():
                 quantize_int8(tmp / r["file"])
         tokenizer.save_pretrained(tmp)
         _check_tokenizer(tokenizer, tmp, task.text_pair, max_len)
-        report = validate(model, tmp, roles, n, _validation_batch(tokenizer, task.text_pair, max_len),
+        report = validate(model, tmp, roles, exits, _validation_batch(tokenizer, task.text_pair, max_len),
                           cfg.tolerance)
         for r in roles.values():
             r["sha256"] = sha256_file(tmp / r["file"])
@@ -228,7 +251,7 @@ def build(cfg: ExportConfig) -> Path:
             from .tensorrt import ENGINE_DIR, build_engines, profile_for
             trt_dir = tmp / ENGINE_DIR
             trt_dir.mkdir()
-            plain = export_graphs(model, n, trt_dir, monolithic=False)  # standard ONNX ops only
+            plain = export_graphs(model, n, trt_dir, monolithic=False, exits=exits)  # standard ONNX ops only
             trt_record = build_engines(trt_dir, plain, trt_dir,
                                        model.backbone.config.hidden_size,
                                        profile_for(max_len, cfg.trt_max_batch, cfg.trt_opt_batch, cfg.trt_opt_seq),
@@ -250,13 +273,14 @@ def build(cfg: ExportConfig) -> Path:
                          "pooling": model.cfg.pooling,
                          "strategy": train_cfg.get("strategy"), "source_model": train_cfg.get("model") or "all-MiniLM-L6-v2 (packaged)"},
             "num_layers": n,
+            "exits": exits,
             "max_seq_len": max_len,
             "precision": cfg.onnx_precision,
             "optimization": {"fused": cfg.fuse, "fused_operators": fused,
                              "int8": ({"method": "onnxruntime quantize_dynamic", "weights": "QInt8 per-channel",
                                        "ops": ["MatMul", "Attention"]} if cfg.onnx_precision == "int8" else None)},
             "tensorrt": trt_record,
-            "tokenizer": {"files": tok_files, "pad_token_id": tokenizer.pad_token_id,
+            "tokenizer": {"file": M.TOKENIZER_FILE, "files": tok_files, "pad_token_id": tokenizer.pad_token_id,
                           "truncation": "longest_first", "padding": "right, to the longest row of a batch",
                           "checksums": [{"file": f, "sha256": sha256_file(tmp / f)} for f in tok_files]},
             "signals": sig,
@@ -264,8 +288,7 @@ def build(cfg: ExportConfig) -> Path:
                              "entropy": "softmax entropy (nats); exit when <= threshold",
                              "lte": "sigmoid(c^T h + b) on the pooled state; exit when >= threshold"},
             "graphs": roles,
-            "chain": {"order": ["embeddings"] + [f"layer_{i:02d}" for i in range(1, n + 1)],
-                      "hidden_from": M.HIDDEN_OUT, "hidden_to": M.HIDDEN_IN, "mask_input": M.ATTENTION_MASK},
+            "native": None,
             "default_policy": default,
             "validation": report,
             "source": {"checkpoint": str(ckpt.resolve())},
@@ -294,11 +317,21 @@ def _version(pkg: str) -> str | None:
         return None
 
 
+def _layer_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer numbers such as 2,4,6, got {text!r}") from None
+
+
 def parse_args(argv: list[str] | None = None) -> ExportConfig:
     p = argparse.ArgumentParser(prog="python -m export.build", description="Export a multi-exit checkpoint to per-layer ONNX graphs.")
     p.add_argument("--checkpoint", required=True, help="folder written by `python -m train.finetune`")
     p.add_argument("--out", required=True, help="artifact folder to write (replaced only when the new one is complete)")
     p.add_argument("--layers", type=int, default=None, help="export the first N layers (default: all)")
+    p.add_argument("--exit-layers", type=_layer_list, default=None, metavar="K,K,...",
+                   help="layers that get an exit, e.g. 2,4,6 (the last exported layer must be one); layers "
+                        "without an exit run inside the next exit's graph (default: every layer)")
     p.add_argument("--no-monolithic", action="store_true", help="skip the monolithic reference graph")
     p.add_argument("--no-fuse", action="store_true", help="skip onnxruntime's transformer fusion")
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS) + ["fp16"],
@@ -314,7 +347,7 @@ def parse_args(argv: list[str] | None = None) -> ExportConfig:
     a = p.parse_args(argv)
     try:
         return ExportConfig(a.checkpoint, a.out, a.layers, not a.no_monolithic, not a.no_fuse, a.precision, a.atol,
-                            a.tensorrt, a.trt_max_batch, a.trt_opt_batch, a.trt_opt_seq)
+                            a.tensorrt, a.trt_max_batch, a.trt_opt_batch, a.trt_opt_seq, a.exit_layers)
     except ExportError as e:
         p.error(str(e))
 
@@ -328,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     m = M.load_manifest(out)
     v = m.validation
-    print(f"artifact written to {out}: {m.num_layers} layer graphs + embeddings"
+    print(f"artifact written to {out}: {m.num_exits} stage graphs (exits at layers {', '.join(map(str, m.exits))}) "
+          f"+ embeddings"
           + (" + monolithic" if m.has_monolithic else "") + f"; max |ONNX - PyTorch| = {v['max_abs_diff']:.2e} "
           f"(atol {v['atol']:.0e})")
     return 0

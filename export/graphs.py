@@ -5,7 +5,9 @@ graph computes exactly what training evaluated. No graph has control flow: every
 always computes its exit signals; the host decides.
 
     EmbeddingsGraph   (input_ids, token_type_ids) -> hidden_states
-    LayerGraph(i)     (hidden_states, attention_mask) -> hidden_states_out, logits, signals...
+    StageGraph(a, b)  (hidden_states, attention_mask) -> hidden_states_out, logits, signals...
+                      layers a..b (0-based, inclusive) and the exit head of layer b; with every
+                      layer an exit, a == b (one layer per graph)
     MonolithicGraph   (input_ids, token_type_ids, attention_mask) -> last layer's logits, signals...
 """
 from __future__ import annotations
@@ -47,17 +49,21 @@ class EmbeddingsGraph(nn.Module):
         return self.model.embed(input_ids, token_type_ids)
 
 
-class LayerGraph(nn.Module):
-    """Transformer layer i (0-based) + its exit head + exit signals. The additive mask is built
-    inside the graph from the int64 mask (what lets onnxruntime fuse attention)."""
+class StageGraph(nn.Module):
+    """Transformer layers first..last (0-based, inclusive) + the exit head of `last` + its exit
+    signals. The additive mask is built inside the graph from the int64 mask (what lets
+    onnxruntime fuse attention)."""
 
-    def __init__(self, model: MultiExitModel, i: int):
+    def __init__(self, model: MultiExitModel, first: int, last: int):
         super().__init__()
-        self.model, self.i = model, i
+        self.model, self.first, self.last = model, first, last
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        h = self.model.layer(self.i, hidden_states, additive_mask(attention_mask, hidden_states.dtype))
-        return (h,) + _head_outputs(self.model, self.i, h, attention_mask)
+        ext = additive_mask(attention_mask, hidden_states.dtype)
+        h = hidden_states
+        for i in range(self.first, self.last + 1):
+            h = self.model.layer(i, h, ext)
+        return (h,) + _head_outputs(self.model, self.last, h, attention_mask)
 
 
 class MonolithicGraph(nn.Module):
@@ -90,9 +96,12 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
                           dynamic_axes=dynamic, opset_version=OPSET, do_constant_folding=True, dynamo=False)
 
 
-def export_graphs(model: MultiExitModel, num_layers: int, out_dir: Path, monolithic: bool = True) -> dict[str, dict]:
-    """Write embeddings.onnx, layer_XX.onnx (1..num_layers) and monolithic.onnx into out_dir.
-    Returns role -> {"file", "inputs", "outputs"} (names, dtypes, symbolic shapes)."""
+def export_graphs(model: MultiExitModel, num_layers: int, out_dir: Path, monolithic: bool = True,
+                  exits: list[int] | None = None) -> dict[str, dict]:
+    """Write embeddings.onnx, one layer_XX.onnx per exit layer XX (default: every layer 1..num_layers)
+    and monolithic.onnx into out_dir. Returns role -> {"file", "inputs", "outputs"[, "layers"]}
+    (names, dtypes, symbolic shapes; `layers`: the 1-based first and last layer a stage runs)."""
+    exits = list(range(1, num_layers + 1)) if exits is None else list(exits)
     model.eval()
     h, c = model.backbone.config.hidden_size, model.cfg.num_outputs
     b, s = 2, 8  # example shapes; batch and sequence stay dynamic
@@ -121,12 +130,14 @@ def export_graphs(model: MultiExitModel, num_layers: int, out_dir: Path, monolit
                 {**{n: bs for n in emb_inputs}, M.HIDDEN_IN: bs})
         roles["embeddings"] = {"file": M.EMBEDDINGS_GRAPH, "inputs": {n: t_int for n in emb_inputs},
                                "outputs": {M.HIDDEN_IN: t_hid}}
-        for i in range(num_layers):
-            f = M.layer_graph_name(i + 1)
-            _export(LayerGraph(model, i), (hidden, mask), out_dir / f, [M.HIDDEN_IN, M.ATTENTION_MASK],
+        prev = 0
+        for x in exits:
+            f = M.layer_graph_name(x)
+            _export(StageGraph(model, prev, x - 1), (hidden, mask), out_dir / f, [M.HIDDEN_IN, M.ATTENTION_MASK],
                     [M.HIDDEN_OUT, M.LOGITS] + sig, {M.HIDDEN_IN: bs, M.ATTENTION_MASK: bs, M.HIDDEN_OUT: bs, **dyn_small})
-            roles[f"layer_{i + 1:02d}"] = {"file": f, "inputs": {M.HIDDEN_IN: t_hid, M.ATTENTION_MASK: t_int},
-                                           "outputs": {M.HIDDEN_OUT: t_hid, **small_out}}
+            roles[M.layer_role(x)] = {"file": f, "inputs": {M.HIDDEN_IN: t_hid, M.ATTENTION_MASK: t_int},
+                                      "outputs": {M.HIDDEN_OUT: t_hid, **small_out}, "layers": [prev + 1, x]}
+            prev = x
         if monolithic:
             mono = MonolithicGraph(model, num_layers)
             mono_inputs = emb_inputs + [M.ATTENTION_MASK]
@@ -135,7 +146,7 @@ def export_graphs(model: MultiExitModel, num_layers: int, out_dir: Path, monolit
                 mono = _NoTokenTypes(mono)
             _export(mono, args, out_dir / M.MONOLITHIC_GRAPH, mono_inputs, [M.LOGITS] + sig,
                     {**{n: bs for n in mono_inputs}, **dyn_small})
-            roles["monolithic"] = {"file": M.MONOLITHIC_GRAPH, "inputs": {n: t_int for n in mono_inputs},
+            roles[M.MONOLITHIC] = {"file": M.MONOLITHIC_GRAPH, "inputs": {n: t_int for n in mono_inputs},
                                    "outputs": small_out}
     return roles
 

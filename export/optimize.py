@@ -181,9 +181,9 @@ def fuse_embeddings(path: Path) -> dict[str, int]:
 
 def _same_outputs(a, b, has_tt_input: bool, uses_tt: bool, atol: float = 1e-5) -> bool:
     import numpy as np
-    from runtime.session import make_session
+    from runtime.backends.ort import make_session
 
-    try:  # on the process-wide pool, like every session here (a per-session pool is refused once it exists)
+    try:
         sa, sb = make_session(a.SerializeToString()), make_session(b.SerializeToString())
     except Exception as e:  # noqa: BLE001 - a graph onnxruntime cannot load is simply not fused
         log.warning("fused embeddings graph does not load (%s)", e)

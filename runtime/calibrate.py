@@ -24,7 +24,7 @@ from .datasets import load_split
 from .manifest import ArtifactError, write_manifest
 from .metrics import score
 from .policies import ExitPolicy, LayerOutputs, PolicyError, predictions_at_exit, simulate
-from .session import EarlyExitModel
+from .model import EarlyExitModel
 from .tasks import get_task
 from .tokenize import InputError
 
@@ -51,13 +51,13 @@ def split_layer_outputs(model: EarlyExitModel, text_a, text_b, batch_size: int =
     inv = np.argsort(order)
     cat = lambda k, i: None if getattr(parts[0][i], k) is None else np.concatenate([getattr(p[i], k) for p in parts])[inv]  # noqa: E731
     return [LayerOutputs(cat("logits", i), cat("confidence", i), cat("entropy", i), cat("lte", i))
-            for i in range(model.num_layers)]
+            for i in range(model.manifest.num_exits)]
 
 
 def _evaluate(model: EarlyExitModel, per_layer, gold, full: float, name: str, threshold=None, per_layer_t=None) -> Point:
     pol = model.policy(name, threshold=threshold, per_layer=per_layer_t)
     ex = simulate(pol, per_layer, model.task.kind)
-    sc = score(model.task.metric, predictions_at_exit(per_layer, ex), gold, model.task.kind)
+    sc = score(model.task.metric, predictions_at_exit(per_layer, ex, pol.exits), gold, model.task.kind)
     return Point(pol, sc, sc / full if full else float("nan"), float(ex.mean()))
 
 
@@ -89,7 +89,7 @@ def calibrate(model: EarlyExitModel, per_layer: list[LayerOutputs], gold: np.nda
     if target_avg is not None and not 1 <= target_avg <= model.num_layers:
         raise PolicyError(f"--target-avg-layer must lie in [1, {model.num_layers}], got {target_avg}.")
     model.policy(policy, threshold=0.5 if policy != "entropy" else 0.1)  # applicable to this model?
-    L = model.num_layers
+    L = model.manifest.num_exits
     full = score(model.task.metric, per_layer[-1].logits, gold, model.task.kind)
     sig = lambda i: getattr(per_layer[i], policy)  # noqa: E731
     values = np.concatenate([sig(i) for i in range(max(1, L - 1))])
@@ -144,7 +144,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        model = EarlyExitModel(args.artifact, threads=args.threads, load_monolithic=False)
+        model = EarlyExitModel(args.artifact, threads=args.threads, load_monolithic=False, thread_pool="shared")
         task = get_task(args.task)
         if task.name != model.task.name:
             raise PolicyError(f"the artifact was trained for task '{model.task.name}', not '{task.name}'.")

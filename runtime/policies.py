@@ -41,17 +41,34 @@ class LayerOutputs:
 
 @dataclass(frozen=True)
 class ExitPolicy:
-    """A validated policy. Build with `make_policy` (it checks the values against the model)."""
+    """A validated policy. Build with `make_policy` (it checks the values against the model).
+
+    Decisions are taken at the model's exits, counted 1..E in order (`position`); with every layer
+    an exit (the default export) position k is layer k. `exits` holds the exit layers when they
+    are a subset (export --exit-layers), None when every layer is an exit."""
 
     name: str
     threshold: float | None = None  # confidence / entropy / lte / patience tolerance (regression)
-    exit_layer: int | None = None  # fixed
-    patience: int | None = None  # patience
-    per_layer: tuple[float, ...] | None = None  # one threshold per layer (calibrated), overrides threshold
+    exit_layer: int | None = None  # fixed: the 1-based layer
+    patience: int | None = None  # patience: consecutive agreeing exits
+    per_layer: tuple[float, ...] | None = None  # one threshold per exit (calibrated), overrides threshold
+    exits: tuple[int, ...] | None = None
 
-    def at(self, layer: int) -> float:
-        """The threshold that applies after 1-based `layer`."""
-        return self.per_layer[layer - 1] if self.per_layer is not None else self.threshold
+    def at(self, position: int) -> float:
+        """The threshold that applies at 1-based exit `position`."""
+        return self.per_layer[position - 1] if self.per_layer is not None else self.threshold
+
+    @property
+    def exit_position(self) -> int | None:
+        """fixed: the exit position of exit_layer."""
+        if self.exit_layer is None:
+            return None
+        return self.exit_layer if self.exits is None else self.exits.index(self.exit_layer) + 1
+
+    def layers_of(self, positions: np.ndarray) -> np.ndarray:
+        """1-based exit positions -> 1-based layer numbers."""
+        positions = np.asarray(positions, dtype=np.int64)
+        return positions if self.exits is None else np.asarray(self.exits, dtype=np.int64)[positions - 1]
 
     def describe(self) -> str:
         if self.per_layer is not None:
@@ -74,6 +91,19 @@ class PolicyState:
         s = PolicyState(len(rows))
         s.prev = None if self.prev is None else self.prev[rows]
         s.count = self.count[rows]
+        return s
+
+    @staticmethod
+    def concat(states: list["PolicyState"]) -> "PolicyState":
+        """One state for rows of several batches at the same exit (a server merging batches)."""
+        s = PolicyState(sum(len(x.count) for x in states))
+        s.count = np.concatenate([x.count for x in states])
+        prevs = [x.prev for x in states]
+        if any(p is None for p in prevs):
+            if not all(p is None for p in prevs):
+                raise ValueError("cannot merge batches that are at different exits")
+        else:
+            s.prev = np.concatenate(prevs)
         return s
 
 
@@ -101,7 +131,7 @@ def _lte(p: ExitPolicy, layer: int, out: LayerOutputs, st: PolicyState, kind: st
 
 
 def _fixed(p: ExitPolicy, layer: int, out: LayerOutputs, st: PolicyState, kind: str) -> np.ndarray:
-    return np.full(out.logits.shape[0], layer >= p.exit_layer)
+    return np.full(out.logits.shape[0], layer >= p.exit_position)
 
 
 def _patience(p: ExitPolicy, layer: int, out: LayerOutputs, st: PolicyState, kind: str) -> np.ndarray:
@@ -128,16 +158,27 @@ POLICIES: dict[str, _Spec] = {
 
 def make_policy(name: str, *, task_kind: str, num_layers: int, signals: tuple[str, ...] | list[str],
                 num_classes: int = 2, threshold: float | None = None, exit_layer: int | None = None,
-                patience: int | None = None, per_layer: list[float] | None = None) -> ExitPolicy:
-    """Check `name` and its values against the model and return the policy, or raise PolicyError."""
+                patience: int | None = None, per_layer: list[float] | None = None,
+                exits: tuple[int, ...] | list[int] | None = None) -> ExitPolicy:
+    """Check `name` and its values against the model and return the policy, or raise PolicyError.
+    `exits`: the model's exit layers when not every layer of `num_layers` has one."""
+    if exits is not None:
+        exits = tuple(int(x) for x in exits)
+        if exits == tuple(range(1, num_layers + 1)):
+            exits = None
+    n_exits = num_layers if exits is None else len(exits)
+    if not isinstance(name, str):
+        raise PolicyError(f"policy name must be a string, got {name!r}.")
     if per_layer is not None:
         if name not in ("confidence", "entropy", "lte"):
             raise PolicyError(f"per-layer thresholds apply to confidence, entropy and lte, not '{name}'.")
-        if len(per_layer) != num_layers:
-            raise PolicyError(f"{len(per_layer)} per-layer thresholds for a model with {num_layers} layers.")
+        if isinstance(per_layer, (str, bytes)) or not hasattr(per_layer, "__len__"):
+            raise PolicyError(f"per-layer thresholds must be a list of {n_exits} numbers, got {per_layer!r}.")
+        if len(per_layer) != n_exits:
+            raise PolicyError(f"{len(per_layer)} per-layer thresholds for a model with {n_exits} exits.")
         checked = [make_policy(name, task_kind=task_kind, num_layers=num_layers, signals=signals,
-                               num_classes=num_classes, threshold=t).threshold for t in per_layer]
-        return ExitPolicy(name, threshold=checked[0], per_layer=tuple(checked))
+                               num_classes=num_classes, threshold=t, exits=exits).threshold for t in per_layer]
+        return ExitPolicy(name, threshold=checked[0], per_layer=tuple(checked), exits=exits)
     if name not in POLICIES:
         raise PolicyError(f"unknown policy '{name}'; choose one of {', '.join(POLICIES)}.")
     spec = POLICIES[name]
@@ -150,17 +191,22 @@ def make_policy(name: str, *, task_kind: str, num_layers: int, signals: tuple[st
     if name == "fixed":
         if exit_layer is None:
             raise PolicyError("policy 'fixed' needs --exit-layer K.")
-        if isinstance(exit_layer, bool) or int(exit_layer) != exit_layer or not 1 <= exit_layer <= num_layers:
-            raise PolicyError(f"exit layer {exit_layer} is out of range: this model has layers 1..{num_layers}.")
-        return ExitPolicy(name, exit_layer=int(exit_layer))
+        if not _is_int(exit_layer) or not 1 <= exit_layer <= num_layers:
+            raise PolicyError(f"exit layer {exit_layer!r} is out of range: this model has layers 1..{num_layers}.")
+        if exits is not None and int(exit_layer) not in exits:
+            raise PolicyError(f"layer {exit_layer} has no exit in this model; its exits are at layers "
+                              f"{', '.join(map(str, exits))}.")
+        return ExitPolicy(name, exit_layer=int(exit_layer), exits=exits)
     if name == "patience":
-        if patience is None or int(patience) != patience or patience < 1:
+        if not _is_int(patience) or patience < 1:
             raise PolicyError(f"policy 'patience' needs an integer patience >= 1, got {patience!r}.")
         tol = 0.0 if threshold is None else _finite(threshold, name)
+        if tol < 0:
+            raise PolicyError(f"patience tolerance must be >= 0, got {tol}.")
         if task_kind == "regression" and (threshold is None or tol <= 0):
             raise PolicyError("patience on a regression model needs --threshold TOL > 0 (the largest change "
                               "between layers that counts as agreement).")
-        return ExitPolicy(name, threshold=tol, patience=int(patience))
+        return ExitPolicy(name, threshold=tol, patience=int(patience), exits=exits)
     if threshold is None:
         raise PolicyError(f"policy '{name}' needs --threshold T.")
     t = _finite(threshold, name)
@@ -169,10 +215,21 @@ def make_policy(name: str, *, task_kind: str, num_layers: int, signals: tuple[st
     if name == "entropy" and not 0.0 <= t <= math.log(max(num_classes, 2)) + 1e-6:
         raise PolicyError(f"entropy threshold must lie in [0, ln({num_classes}) = {math.log(max(num_classes, 2)):.4f}], "
                           f"got {t}.")
-    return ExitPolicy(name, threshold=t)
+    return ExitPolicy(name, threshold=t, exits=exits)
+
+
+def _is_int(v: object) -> bool:
+    """An integral number (3 or 3.0), not a bool, NaN or infinity."""
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, (int, np.integer)):
+        return True
+    return isinstance(v, (float, np.floating)) and math.isfinite(v) and float(v).is_integer()
 
 
 def _finite(value: float, name: str) -> float:
+    if isinstance(value, (bool, str, bytes)):
+        raise PolicyError(f"{name} threshold must be a number, got {value!r}.")
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -182,28 +239,38 @@ def _finite(value: float, name: str) -> float:
     return v
 
 
-def decide(policy: ExitPolicy, layer: int, out: LayerOutputs, state: PolicyState, task_kind: str,
-           last_layer: int) -> np.ndarray:
-    """Boolean [B]: which rows exit after 1-based `layer`. Rows always exit at `last_layer`."""
-    mask = np.asarray(POLICIES[policy.name].decide(policy, layer, out, state, task_kind), dtype=bool)
-    if layer >= last_layer:
+def decide(policy: ExitPolicy, position: int, out: LayerOutputs, state: PolicyState, task_kind: str,
+           last_position: int) -> np.ndarray:
+    """Boolean [B]: which rows exit at 1-based exit `position`. Rows always exit at the last."""
+    mask = np.asarray(POLICIES[policy.name].decide(policy, position, out, state, task_kind), dtype=bool)
+    if position >= last_position:
         mask = np.ones_like(mask)
     return mask
 
 
 def simulate(policy: ExitPolicy, per_layer: list[LayerOutputs], task_kind: str) -> np.ndarray:
-    """Exit layer (1-based, int64 [N]) of every row, given all layers' outputs for N rows."""
+    """Exit layer (1-based, int64 [N]) of every row, given every exit's outputs for N rows
+    (`per_layer[k]` = exit k + 1's outputs; with a subset of exits, policy.exits maps them)."""
     n = per_layer[0].logits.shape[0]
     exit_at = np.zeros(n, dtype=np.int64)
     state = PolicyState(n)
     last = len(per_layer)
+    if policy.exits is not None and len(policy.exits) != last:
+        raise PolicyError(f"the policy is for {len(policy.exits)} exits; {last} exits' outputs were given.")
     for i, out in enumerate(per_layer, start=1):
         mask = decide(policy, i, out, state, task_kind, last)
         exit_at = np.where((exit_at == 0) & mask, i, exit_at)
-    return exit_at
+    return policy.layers_of(exit_at)
 
 
-def predictions_at_exit(per_layer: list[LayerOutputs], exit_at: np.ndarray) -> np.ndarray:
-    """The exit layer's logits for every row: [N, C]."""
-    stacked = np.stack([o.logits for o in per_layer], axis=0)  # [L, N, C]
-    return stacked[exit_at - 1, np.arange(stacked.shape[1])]
+def predictions_at_exit(per_layer: list[LayerOutputs], exit_at: np.ndarray,
+                        exits: tuple[int, ...] | None = None) -> np.ndarray:
+    """The exit's logits for every row: [N, C]. `exit_at` holds layers (as `simulate` returns);
+    `exits` maps them to exits when not every layer has one."""
+    stacked = np.stack([o.logits for o in per_layer], axis=0)  # [E, N, C]
+    pos = np.asarray(exit_at, dtype=np.int64)
+    if exits is not None:
+        lookup = np.zeros(max(exits) + 1, dtype=np.int64)
+        lookup[list(exits)] = np.arange(1, len(exits) + 1)
+        pos = lookup[pos]
+    return stacked[pos - 1, np.arange(stacked.shape[1])]

@@ -13,6 +13,9 @@ from tokenizers import Tokenizer
 log = logging.getLogger(__name__)
 
 
+MAX_TEXT_CHARS = 1_000_000  # far beyond any max_seq_len; longer text is refused before tokenizing
+
+
 class InputError(ValueError):
     """Text the model cannot take: empty, not valid UTF-8, or the wrong number of texts for the task."""
 
@@ -51,16 +54,27 @@ def _check_text(t: object, what: str) -> str:
         raise InputError(f"{what} is not valid UTF-8 text; pass UTF-8 text.") from None
     if not t.strip():
         raise InputError(f"{what} is empty; pass non-empty text.")
+    if len(t) > MAX_TEXT_CHARS:
+        raise InputError(f"{what} has {len(t):,} characters, more than the {MAX_TEXT_CHARS:,} this runtime takes "
+                         f"(the model reads at most max_seq_len tokens anyway); shorten it.")
     return t
 
 
 class TextEncoder:
-    """Wraps tokenizer.json with the artifact's max length and the task's single/pair form."""
+    """Wraps tokenizer.json with the artifact's max length and the task's single/pair form.
+    `tokenizer`: the file's path, or its (verified) bytes."""
 
-    def __init__(self, tokenizer_file: Path, max_seq_len: int, text_pair: bool, pad_id: int | None = None):
-        if not Path(tokenizer_file).is_file():
-            raise InputError(f"tokenizer file '{tokenizer_file}' is missing; re-export the artifact.")
-        self.tok = Tokenizer.from_file(str(tokenizer_file))
+    def __init__(self, tokenizer: Path | bytes, max_seq_len: int, text_pair: bool, pad_id: int | None = None):
+        if isinstance(tokenizer, bytes):
+            try:
+                self.tok = Tokenizer.from_str(tokenizer.decode("utf-8"))
+            except Exception as e:  # tokenizers raises its own exception type on a bad file
+                from .fsutil import ArtifactError
+                raise ArtifactError(f"tokenizer.json cannot be read ({str(e)[:200]}); re-export the artifact.") from None
+        else:
+            if not Path(tokenizer).is_file():
+                raise InputError(f"tokenizer file '{tokenizer}' is missing; re-export the artifact.")
+            self.tok = Tokenizer.from_file(str(tokenizer))
         self.tok.no_padding()
         self.tok.enable_truncation(max_length=max_seq_len, strategy="longest_first")
         self.max_seq_len = max_seq_len
@@ -73,6 +87,8 @@ class TextEncoder:
             texts_a = [texts_a]
         if isinstance(texts_b, (str, bytes)):
             texts_b = [texts_b]
+        if not hasattr(texts_a, "__len__") or (texts_b is not None and not hasattr(texts_b, "__len__")):
+            raise InputError("texts must be a string or a list of strings.")
         if len(texts_a) == 0:
             raise InputError("no text given; pass at least one text.")
         if self.text_pair and texts_b is None:

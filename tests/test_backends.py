@@ -189,9 +189,9 @@ def test_tensorrt_backend_without_tensorrt_says_what_to_install(rte_art, capsys)
 
 def test_tensorrt_chain_needs_engines_in_the_artifact(rte_art):
     from runtime import ArtifactError
-    from runtime.trt_engine import TrtChain
+    from runtime.backends.tensorrt import TrtBackend
     with pytest.raises(ArtifactError, match="no TensorRT engines"):
-        TrtChain(load_manifest(rte_art))
+        TrtBackend(load_manifest(rte_art))
     with pytest.raises(BackendError, match="does not run on onnxruntime"):
         providers_for("tensorrt", ["CPUExecutionProvider"])
 

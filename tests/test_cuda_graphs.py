@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.cuda_graphs import CudaGraphChain, random_model, seq_bucket
+from train.cuda_graphs import CudaGraphBackend, random_model, seq_bucket
 from runtime.policies import LayerOutputs, make_policy, simulate
 from train.model import exit_signals
 
@@ -49,7 +49,7 @@ def test_pieces_match_the_training_model_on_cpu():
     model = random_model("tiny", max_len=64).eval()
     ids, tt, mask = _inputs(5, 23)
     ref = _reference(model, ids, tt, mask)
-    ex = CudaGraphChain(model, device="cpu", dtype="fp32")
+    ex = CudaGraphBackend(model, device="cpu", dtype="fp32")
     assert ex.capture is False
     sig = ex.run_layers(ids, tt, mask)  # padded to the 32 bucket: padding must not change anything
     assert sig.shape == (2, 5, 2 + 3)
@@ -72,8 +72,8 @@ def test_exit_decisions_and_compaction_equal_the_simulation(name, kw):
         kw = {"threshold": float(np.median(ref[0].confidence if name == "confidence" else ref[0].lte))}
     pol = make_policy(name, task_kind="classification", num_layers=2, signals=("confidence", "entropy", "lte"), **kw)
     want = simulate(pol, ref, "classification")
-    ex = CudaGraphChain(model, device="cpu", dtype="fp32")
-    got = ex.run(ids, tt, mask, pol)
+    ex = CudaGraphBackend(model, device="cpu", dtype="fp32")
+    got = ex.chain().run(ids, tt, mask, pol)
     np.testing.assert_array_equal(got.exit_layer, want)
     stacked = np.stack([r.logits for r in ref])
     np.testing.assert_allclose(got.logits, stacked[want - 1, np.arange(len(want))], atol=1e-5)
@@ -85,9 +85,9 @@ def test_cuda_device_without_a_gpu_says_so():
     if GPU:
         pytest.skip("a GPU is present")
     with pytest.raises(RuntimeError, match="needs a CUDA build of PyTorch and a GPU"):
-        CudaGraphChain(random_model("tiny"), device="cuda")
+        CudaGraphBackend(random_model("tiny"), device="cuda")
     with pytest.raises(ValueError, match="CUDA graphs need"):
-        CudaGraphChain(random_model("tiny"), device="cpu", capture=True)
+        CudaGraphBackend(random_model("tiny"), device="cpu", capture=True)
 
 
 @pytest.mark.gpu
@@ -97,14 +97,14 @@ def test_captured_graphs_match_eager_on_gpu(dtype, atol):
     model = random_model("minilm-l6").eval()
     ids, tt, mask = _inputs(4, 100, seed=2)
     ref = _reference(model, ids, tt, mask)  # float32 on the CPU
-    ex = CudaGraphChain(model, device="cuda", dtype=dtype)
+    ex = CudaGraphBackend(model, device="cuda", dtype=dtype)
     assert ex.capture
     sig = ex.run_layers(ids, tt, mask)
     for i, r in enumerate(ref):
         assert np.abs(sig[i, :, :2] - r.logits).max() < atol * max(1.0, np.abs(r.logits).max())
     pol = make_policy("fixed", task_kind="classification", num_layers=6, signals=("confidence", "entropy", "lte"),
                       exit_layer=3)
-    assert (ex.run(ids, tt, mask, pol).exit_layer == 3).all()
+    assert (ex.chain().run(ids, tt, mask, pol).exit_layer == 3).all()
     again = ex.run_layers(ids, tt, mask)  # replays reuse the captured graphs and give the same values
     np.testing.assert_array_equal(sig, again)
 

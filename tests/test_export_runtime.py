@@ -10,14 +10,16 @@ import torch
 
 from runtime import EarlyExitModel, load_manifest, simulate
 from runtime import manifest as M
-from runtime.session import make_session
+from runtime.manifest import verify_files
+from runtime.backends.ort import make_session
 from train.data import load_split, tokenize
 from train.evaluate import collect_layer_outputs
 from train.model import additive_mask, exit_signals, load_checkpoint
 
 
 def test_manifest_lists_every_graph_with_checksums(rte_art):
-    m = load_manifest(rte_art)  # verify=True checks every sha256
+    m = load_manifest(rte_art)
+    verify_files(m)  # every sha256
     assert m.num_layers == 2 and m.task.name == "rte" and m.task.text_pair
     assert set(m.graphs) == {"embeddings", "layer_01", "layer_02", "monolithic"}
     assert m.signals == ("confidence", "entropy", "lte")
@@ -26,7 +28,7 @@ def test_manifest_lists_every_graph_with_checksums(rte_art):
     v = m.validation
     assert v["max_abs_diff"] <= v["atol"] == 1e-4
     assert set(v["per_graph_max_abs_diff"]) == set(m.graphs)
-    assert "tokenizer.json" in m.tokenizer_files
+    assert "tokenizer.json" in {f.file for f in m.tokenizer.files}
     outs = m.graphs["layer_01"].outputs
     assert list(outs) == [M.HIDDEN_OUT, M.LOGITS, M.CONFIDENCE, M.ENTROPY, M.LTE]
 

@@ -20,7 +20,7 @@ def test_family_end_to_end(family_dir, data_dir, tmp_path):
                          lte=True, epochs=1, batch_size=8, lr=1e-3, max_seq_len=32, seed=0), progress=False)
     art = build(ExportConfig(str(ck), str(tmp_path / "art")))
     m = load_manifest(art)
-    assert m.backbone["model_type"] == family and m.validation["max_abs_diff"] <= 1e-4
+    assert m.backbone.model_type == family and m.validation["max_abs_diff"] <= 1e-4
     # Absolute-position embeddings (BERT, DistilBERT) fuse into one kernel; RoBERTa's
     # padding-offset positions and ALBERT's projected embeddings keep their unfused graph.
     fused_emb = m.raw["optimization"]["fused_operators"]["embeddings"].get("EmbedLayerNormalization") == 1

@@ -1,4 +1,4 @@
-"""A CUDA executor over the same per-layer split as the ONNX artifact, for GPUs without TensorRT.
+"""A CUDA backend over the same per-layer split as the ONNX artifact, for GPUs without TensorRT.
 
     embeddings -> [layer 1 + head + signals -> copy C+3 floats to pinned host] -> decide -> ...
 
@@ -7,27 +7,27 @@ once per (batch, sequence bucket) as a CUDA graph and replayed: one launch per l
 dozens of kernel launches. The exit signals (logits, confidence, entropy, LTE certainty) are
 computed on the device, and each layer's graph ends with one copy of those B x (C + 3) floats
 into pinned host memory; the host waits on an event for that copy only, runs the same `decide`
-as every other backend, and replays the next layer's graph. Rows that exit leave the batch
-(their successors move to the smaller batch's buffers on the device). The monolithic reference
-(all layers + the last head) is captured as one graph of the same pieces.
+as every other backend (runtime/chain.py drives it: it is a runtime Backend), and replays the
+next layer's graph. Rows that exit leave the batch (the survivors move to the smaller batch's
+buffers on the device). The monolithic reference (all layers + the last head) is captured as one
+graph of the same pieces.
 
 With `capture=False` the same pieces run eagerly (also on the CPU): that is how the tests check
-this executor's results without a GPU, and on a GPU it is the "eager per-layer" baseline.
+this backend's results without a GPU, and on a GPU it is the "eager per-layer" baseline.
 
-This module imports torch (and the training code's model) lazily, when an executor is built:
-the runtime's core (session.py, policies.py, ...) never imports torch.
+It lives in train/ because it runs the training code's model (runtime/ never imports torch).
 
 Measured on a GPU only by `python -m benchmarks.gpu` (results/gpu/); see the README for what has
 and has not been run.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .policies import ExitPolicy, LayerOutputs, PolicyState, decide
+from runtime.backends.base import Backend, StageOutputs, Workspace
+from runtime.chain import Chain
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -59,7 +59,7 @@ def random_model(config: str, *, num_labels: int = 2, lte: bool = True, max_len:
     import torch
     from transformers import BertConfig, BertModel
 
-    from train.model import ExitConfig, MultiExitModel
+    from .model import ExitConfig, MultiExitModel
 
     if config not in CONFIGS:
         raise ValueError(f"unknown config '{config}'; choose one of {', '.join(CONFIGS)}")
@@ -69,12 +69,6 @@ def random_model(config: str, *, num_labels: int = 2, lte: bool = True, max_len:
     cfg = ExitConfig(task="sst2", kind="classification", num_outputs=num_labels,
                      num_layers=c.num_hidden_layers, lte=lte, pooling="mean")
     return MultiExitModel(backbone, cfg)
-
-
-@dataclass
-class GpuResult:
-    exit_layer: np.ndarray  # [B] int64, 1-based
-    logits: np.ndarray  # [B, C]
 
 
 class _Piece:
@@ -108,7 +102,8 @@ class _Bucket:
 
     def __init__(self, ex: "CudaGraphChain", b: int, s: int):
         import torch
-        from train.model import additive_mask
+
+        from .model import additive_mask
 
         m, dev, L, K = ex.model, ex.device, ex.num_layers, ex.width
         h = m.backbone.config.hidden_size
@@ -161,14 +156,16 @@ class _Bucket:
             self.events[i].synchronize()
 
 
-class CudaGraphChain:
-    """Early-exit chain of CUDA graphs over a MultiExitModel's per-layer split."""
+class CudaGraphBackend(Backend):
+    """CUDA graphs of a MultiExitModel's per-layer split, as a runtime backend (one workspace:
+    the captured graphs share their static buffers)."""
+
+    name = "cuda-graphs"
+    max_workspaces = 1
 
     def __init__(self, model, *, device: str = "cuda", dtype: str = "fp16", capture: bool | None = None,
                  max_len: int | None = None):
         import torch
-
-        from train.model import exit_signals  # noqa: F401 - fail here, not mid-capture, without the training code
 
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -186,6 +183,8 @@ class CudaGraphChain:
         self.num_layers = model.cfg.num_layers
         self.num_outputs = model.cfg.num_outputs
         self.width = self.num_outputs + 3  # logits, confidence, entropy, lte
+        self.signal_names = (("confidence", "entropy") if self.kind == "classification" else ()) + \
+            (("lte",) if model.lte_head is not None else ())
         self.max_len = max_len or int(model.backbone.config.max_position_embeddings)
         self.pool = torch.cuda.graph_pool_handle() if self.capture else None
         self._buckets: dict[tuple[int, int], _Bucket] = {}
@@ -195,7 +194,7 @@ class CudaGraphChain:
         """[B, C + 3] float32: logits, confidence, entropy, LTE certainty of 0-based layer i."""
         import torch
 
-        from train.model import exit_signals
+        from .model import exit_signals
 
         m = self.model
         pooled = m.pool(hidden, mask)
@@ -206,9 +205,17 @@ class CudaGraphChain:
         lte = m.lte(pooled).float() if m.lte_head is not None else zero
         return torch.cat([logits, conf[:, None], ent[:, None], lte[:, None]], dim=1)
 
-    def _outputs(self, row: np.ndarray) -> LayerOutputs:
+    def _outputs(self, row: np.ndarray) -> StageOutputs:
         c = self.num_outputs
-        return LayerOutputs(row[:, :c], row[:, c], row[:, c + 1], row[:, c + 2])
+        cols = {"confidence": c, "entropy": c + 1, "lte": c + 2}
+        return StageOutputs(row[:, :c], {n: row[:, cols[n]] for n in self.signal_names})
+
+    def workspace(self) -> "_CudaWorkspace":
+        return _CudaWorkspace(self)
+
+    def chain(self) -> Chain:
+        """The early-exit loop over this backend (every layer an exit)."""
+        return Chain(self, tuple(range(1, self.num_layers + 1)), self.kind, self.num_outputs, self.signal_names)
 
     def bucket(self, b: int, s: int) -> _Bucket:
         key = (b, s)
@@ -230,38 +237,6 @@ class CudaGraphChain:
         return buf
 
     # -- running -----------------------------------------------------------------------------
-    def run(self, input_ids: np.ndarray, token_type_ids: np.ndarray | None, attention_mask: np.ndarray,
-            policy: ExitPolicy) -> GpuResult:
-        """The chain with per-layer exit decisions (and compaction for batches)."""
-        import torch
-        with torch.inference_mode():
-            buf = self._load(input_ids, token_type_ids, attention_mask)
-            b = buf.b
-            exit_layer = np.zeros(b, np.int64)
-            logits = np.zeros((b, self.num_outputs), np.float32)
-            rows = np.arange(b)
-            state = PolicyState(b)
-            buf.emb()
-            for i in range(1, self.num_layers + 1):
-                buf.layers[i - 1]()
-                buf.wait(i)
-                sig = buf.host_np[i - 1]
-                done = decide(policy, i, self._outputs(sig), state, self.kind, self.num_layers)
-                if done.any():
-                    exit_layer[rows[done]] = i
-                    logits[rows[done]] = sig[done, :self.num_outputs]
-                    if done.all():
-                        break
-                    keep = np.flatnonzero(~done)
-                    rows, state = rows[keep], state.take(keep)
-                    nbuf = self.bucket(len(rows), buf.s)
-                    idx = torch.from_numpy(keep).to(self.device)
-                    nbuf.hidden[i % 2].copy_(buf.hidden[i % 2].index_select(0, idx))
-                    nbuf.mask.copy_(buf.mask.index_select(0, idx))
-                    nbuf.ext.copy_(buf.ext.index_select(0, idx))
-                    buf = nbuf
-            return GpuResult(exit_layer, logits)
-
     def run_layers(self, input_ids: np.ndarray, token_type_ids: np.ndarray | None, attention_mask: np.ndarray,
                    k: int | None = None, sync_each: bool = True) -> np.ndarray:
         """Embeddings + the first k layers (all by default), no decisions: [k, B, C + 3] signals.
@@ -290,3 +265,38 @@ class CudaGraphChain:
             buf.mono()
             buf.wait(0)
             return buf.mono_host.numpy().copy()
+
+
+class _CudaWorkspace(Workspace):
+    """Drives the captured pieces for the chain: stage k replays layer k's graph and waits for its
+    signals' copy; compaction moves the survivors into the smaller batch's bucket."""
+
+    def __init__(self, ex: CudaGraphBackend):
+        self.ex, self.buf, self.next = ex, None, 0  # next: the stage whose input is current
+
+    def embed(self, input_ids, token_type_ids, attention_mask) -> None:
+        import torch
+        with torch.inference_mode():
+            self.buf = self.ex._load(input_ids, token_type_ids, attention_mask)
+            self.buf.emb()
+        self.next = 0
+
+    def run_stage(self, k: int) -> StageOutputs:
+        import torch
+        with torch.inference_mode():
+            self.buf.layers[k]()
+            self.buf.wait(k + 1)
+        self.next = k + 1
+        return self.ex._outputs(self.buf.host_np[k][: self.buf.b])
+
+    def keep(self, rows: np.ndarray, seq: int) -> None:
+        # The sequence bucket stays (captured shapes); layer k + 1 reads hidden[(k + 1) % 2].
+        import torch
+        with torch.inference_mode():
+            buf, nbuf = self.buf, self.ex.bucket(len(rows), self.buf.s)
+            idx = torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(self.ex.device)
+            j = self.next % 2  # layer `next` (0-based) reads hidden[next % 2]
+            nbuf.hidden[j].copy_(buf.hidden[j].index_select(0, idx))
+            nbuf.mask.copy_(buf.mask.index_select(0, idx))
+            nbuf.ext.copy_(buf.ext.index_select(0, idx))
+            self.buf = nbuf

@@ -1,0 +1,275 @@
+"""The one early-exit loop, for every backend.
+
+    embed -> stage 1 -> decide -> stage 2 -> decide -> ... -> stage E (always exits)
+                          |                    |
+                     rows that exit       rows that exit      (non-finite rows leave with an error)
+
+Between stages the loop reads each live row's logits and exit signals, asks the policy which
+rows exit, checks that what they answer is finite, records them, and keeps only the others
+(compaction), cut to the longest remaining row (right padding). Results come back in input
+order. A backend only embeds, runs a stage and keeps rows (runtime/backends/base.py).
+
+Runs can also be driven one stage at a time (`start` / `advance` / `merge`): a server batches
+rows of different requests that have reached the same exit into one run of the next stage.
+Workspaces come from a pool: one per concurrent run; backends with a single workspace (one CUDA
+stream) serialise runs there, which makes every backend safe to share between threads.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .backends.base import Backend, HiddenState, Workspace
+from .policies import ExitPolicy, LayerOutputs, PolicyState, decide
+
+NONFINITE = "non-finite output"
+
+
+@dataclass
+class ChainResult:
+    """Per input row, in input order."""
+
+    exit_layer: np.ndarray  # [B] int64, 1-based layer the row left at
+    logits: np.ndarray  # [B, C] float32, the exit's logits (regression: [B, 1] values)
+    signals: dict[str, np.ndarray]  # name -> [B] float32, at the exit
+    error: list[str | None]  # None, or why the row has no trustworthy answer (non-finite outputs)
+
+
+@dataclass
+class Finished:
+    """Rows that left the chain at one stage (their caller-side ids)."""
+
+    rows: np.ndarray  # [n] caller row ids
+    exit_layer: np.ndarray  # [n]
+    logits: np.ndarray  # [n, C]
+    signals: dict[str, np.ndarray]
+    error: list[str | None]
+
+
+@dataclass
+class Cohort:
+    """Rows in flight: embedded, and past `stage` stages. Owns a workspace until it finishes."""
+
+    policy: ExitPolicy
+    rows: np.ndarray  # caller row ids, [b]
+    lengths: np.ndarray  # real tokens per row, [b]
+    state: PolicyState
+    stage: int = 0  # stages already run
+    ws: Workspace | None = field(default=None, repr=False)
+
+    @property
+    def size(self) -> int:
+        return len(self.rows)
+
+    @property
+    def done(self) -> bool:
+        return self.ws is None
+
+
+class _Pool:
+    """Workspaces handed to one run at a time; at most `limit` exist (None: no limit)."""
+
+    def __init__(self, backend: Backend, keep_idle: int = 8):
+        self.backend, self.limit, self.keep_idle = backend, backend.max_workspaces, keep_idle
+        self.free: list[Workspace] = []
+        self.count = 0
+        self.cv = threading.Condition()
+        self.closed = False
+
+    def acquire(self) -> Workspace:
+        with self.cv:
+            while True:
+                if self.closed:
+                    raise RuntimeError("the model is closed")
+                if self.free:
+                    return self.free.pop()
+                if self.limit is None or self.count < self.limit:
+                    self.count += 1
+                    break
+                self.cv.wait()
+        try:
+            return self.backend.workspace()
+        except BaseException:
+            with self.cv:
+                self.count -= 1
+                self.cv.notify()
+            raise
+
+    def release(self, ws: Workspace) -> None:
+        with self.cv:
+            if not self.closed and len(self.free) < self.keep_idle:
+                self.free.append(ws)
+                self.cv.notify()
+                return
+            self.count -= 1
+            self.cv.notify()
+        ws.close()
+
+    def close(self) -> None:
+        with self.cv:
+            self.closed = True
+            free, self.free = self.free, []
+            self.cv.notify_all()
+        for ws in free:
+            ws.close()
+
+
+class Chain:
+    """Early exit over a backend's stages. `exits` are the 1-based exit layers, one per stage."""
+
+    def __init__(self, backend: Backend, exits: tuple[int, ...], task_kind: str, num_outputs: int,
+                 signals: tuple[str, ...]):
+        self.backend, self.exits, self.kind = backend, tuple(exits), task_kind
+        self.num_outputs, self.signals = num_outputs, tuple(signals)
+        self._exit_layers = np.asarray(self.exits, dtype=np.int64)
+        self._pool = _Pool(backend)
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.exits)
+
+    # -- whole batches ------------------------------------------------------------------------
+    def run(self, input_ids: np.ndarray, token_type_ids: np.ndarray, attention_mask: np.ndarray,
+            policy: ExitPolicy) -> ChainResult:
+        """One tokenized batch ([B, S] int64, right padded) through the chain with early exit."""
+        b = input_ids.shape[0]
+        res = ChainResult(np.zeros(b, np.int64), np.zeros((b, self.num_outputs), np.float32),
+                          {n: np.zeros(b, np.float32) for n in self.signals}, [None] * b)
+        cohort = self.start(input_ids, token_type_ids, attention_mask, policy)
+        try:
+            while not cohort.done:
+                f = self.advance(cohort)
+                res.exit_layer[f.rows] = f.exit_layer
+                res.logits[f.rows] = f.logits
+                for n in self.signals:
+                    res.signals[n][f.rows] = f.signals[n]
+                for r, e in zip(f.rows.tolist(), f.error):
+                    res.error[r] = e
+        finally:
+            self.abandon(cohort)
+        return res
+
+    def all_outputs(self, input_ids: np.ndarray, token_type_ids: np.ndarray,
+                    attention_mask: np.ndarray) -> list[LayerOutputs]:
+        """Every exit's outputs for every row (no exits taken): evaluation and calibration."""
+        ids, tt, mask, _ = _trim(input_ids, token_type_ids, attention_mask)
+        ws = self._pool.acquire()
+        try:
+            ws.embed(ids, tt, mask)
+            outs = []
+            for k in range(self.num_stages):
+                o = ws.run_stage(k)
+                outs.append(LayerOutputs(o.logits.copy(), *(_copy(o.signals.get(n)) for n in ("confidence", "entropy", "lte"))))
+            return outs
+        finally:
+            self._pool.release(ws)
+
+    # -- one stage at a time ------------------------------------------------------------------
+    def start(self, input_ids: np.ndarray, token_type_ids: np.ndarray, attention_mask: np.ndarray,
+              policy: ExitPolicy, rows: np.ndarray | None = None) -> Cohort:
+        """Embed a batch; `rows` are the caller's ids for its rows (default 0..B-1)."""
+        ids, tt, mask, lengths = _trim(input_ids, token_type_ids, attention_mask)
+        b = ids.shape[0]
+        rows = np.arange(b) if rows is None else np.asarray(rows)
+        if len(rows) != b:
+            raise ValueError(f"{len(rows)} row ids for a batch of {b}")
+        ws = self._pool.acquire()
+        try:
+            ws.embed(ids, tt, mask)
+        except BaseException:
+            self._pool.release(ws)
+            raise
+        return Cohort(policy, rows, lengths, PolicyState(b), 0, ws)
+
+    def advance(self, c: Cohort) -> Finished:
+        """Run the cohort's next stage; return the rows that exit there (they leave the cohort).
+        When no row is left the cohort's workspace goes back to the pool."""
+        if c.ws is None:
+            raise ValueError("this cohort has finished")
+        k = c.stage
+        o = c.ws.run_stage(k)
+        out = LayerOutputs(o.logits, o.signals.get("confidence"), o.signals.get("entropy"), o.signals.get("lte"))
+        bad = ~np.isfinite(o.logits).all(axis=1)
+        for n in self.signals:
+            bad |= ~np.isfinite(o.signals[n])
+        done = decide(c.policy, k + 1, out, c.state, self.kind, self.num_stages) | bad
+        c.stage = k + 1
+        layer = int(self._exit_layers[k])
+        idx = np.flatnonzero(done)
+        err = [f"{NONFINITE} (NaN or infinity) at layer {layer}: the artifact is broken; re-export it"
+               if x else None for x in bad[idx]]
+        fin = Finished(c.rows[idx], np.full(len(idx), layer, np.int64), o.logits[idx].copy(),
+                       {n: o.signals[n][idx].copy() for n in self.signals}, err)
+        if len(idx) == c.size:
+            self._finish(c)
+        elif len(idx):
+            keep = np.flatnonzero(~done)
+            c.rows, c.lengths, c.state = c.rows[keep], c.lengths[keep], c.state.take(keep)
+            c.ws.keep(keep, int(c.lengths.max()))
+        return fin
+
+    def merge(self, cohorts: list[Cohort]) -> Cohort:
+        """One cohort of the rows of several that have run the same stages under the same policy
+        (their hidden states meet, padded to the longest row, in a fresh workspace)."""
+        live = [c for c in cohorts if not c.done]
+        if len(live) < 2:
+            return live[0] if live else cohorts[0]
+        stage, policy = live[0].stage, live[0].policy
+        if any(c.stage != stage or c.policy != policy for c in live):
+            raise ValueError("only cohorts at the same stage with the same policy can merge")
+        if stage == 0:
+            raise ValueError("cohorts merge after a stage has run (before it, batch the inputs)")
+        saved = [c.ws.save() for c in live]
+        s = max(h.hidden.shape[1] for h in saved)
+        hidden = np.concatenate([_pad(h.hidden, s) for h in saved])
+        mask = np.concatenate([_pad(h.mask, s) for h in saved])
+        for c in live:
+            self._finish(c)
+        ws = self._pool.acquire()
+        try:
+            ws.load(HiddenState(hidden, mask))
+        except BaseException:
+            self._pool.release(ws)
+            raise
+        return Cohort(policy, np.concatenate([c.rows for c in live]), np.concatenate([c.lengths for c in live]),
+                      PolicyState.concat([c.state for c in live]), stage, ws)
+
+    def abandon(self, c: Cohort) -> None:
+        """Give a cohort's workspace back without finishing it (errors, cancelled requests)."""
+        if c.ws is not None:
+            self._finish(c)
+
+    def _finish(self, c: Cohort) -> None:
+        ws, c.ws = c.ws, None
+        self._pool.release(ws)
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def _trim(ids: np.ndarray, tt: np.ndarray, mask: np.ndarray):
+    """Inputs cut to the longest row (right padding), as contiguous int64."""
+    if ids.ndim != 2 or ids.shape != mask.shape or ids.shape != tt.shape:
+        raise ValueError(f"input_ids, token_type_ids and attention_mask must share one [B, S] shape, "
+                         f"got {ids.shape}, {tt.shape}, {mask.shape}")
+    if ids.shape[0] == 0:
+        raise ValueError("an empty batch")
+    lengths = mask.sum(axis=1).astype(np.int64)
+    if (lengths < 1).any():
+        raise ValueError("every row needs at least one token")
+    s = int(lengths.max())
+    c = lambda a: np.ascontiguousarray(a[:, :s], dtype=np.int64)  # noqa: E731
+    return c(ids), c(tt), c(mask), lengths
+
+
+def _pad(a: np.ndarray, s: int) -> np.ndarray:
+    if a.shape[1] == s:
+        return a
+    width = [(0, 0), (0, s - a.shape[1])] + [(0, 0)] * (a.ndim - 2)
+    return np.pad(a, width)
+
+
+def _copy(a: np.ndarray | None) -> np.ndarray | None:
+    return None if a is None else a.copy()
