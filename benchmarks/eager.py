@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from runtime.cli import HelpFormatter, positive_int
 
 
 def run(latency_json: Path, checkpoint: str | None, data_dir: str | None, repeats: int) -> list[dict]:
@@ -96,11 +97,11 @@ def run(latency_json: Path, checkpoint: str | None, data_dir: str | None, repeat
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.eager")
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.eager")
     p.add_argument("--latency", required=True, help="latency.json written by benchmarks.latency")
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=positive_int, default=2)
     a = p.parse_args(argv)
     path = Path(a.latency)
     try:

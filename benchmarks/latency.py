@@ -31,6 +31,7 @@ from runtime.policies import LayerOutputs, predictions_at_exit, simulate
 from runtime.backends.ort import default_threads
 from runtime.model import EarlyExitModel
 from runtime.tasks import get_task
+from runtime.cli import HelpFormatter, finite_float, positive_int
 
 from .timing import environment, interleaved, linear_fit, percentiles
 
@@ -182,18 +183,18 @@ def plot(result: dict, path: Path) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.latency", description="Measure early-exit latency (batch 1).")
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.latency", description="Measure early-exit latency (batch 1).")
     p.add_argument("--artifact", required=True)
     p.add_argument("--task", required=True)
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--max-samples", type=int, default=None)
-    p.add_argument("--repeats", type=int, default=3, help="timed passes over the samples (per-sample median)")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--max-samples", type=positive_int, default=None)
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed passes over the samples (per-sample median)")
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--checkpoint", default=None, help="for the eager comparison (default: the manifest's source)")
     p.add_argument("--no-eager", action="store_true")
     p.add_argument("--policies", nargs="+", default=None, choices=list(SWEEP_POLICIES))
-    p.add_argument("--points", type=int, default=6, help="thresholds per policy, spread over average exit layers")
-    p.add_argument("--thresholds", type=float, nargs="+", default=None,
+    p.add_argument("--points", type=positive_int, default=6, help="thresholds per policy, spread over average exit layers")
+    p.add_argument("--thresholds", type=finite_float, nargs="+", default=None,
                    help="explicit thresholds (instead of spread ones) for the policies given")
     p.add_argument("--out", default="results/latency")
     return p.parse_args(argv)

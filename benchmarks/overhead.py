@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from runtime.cli import HelpFormatter, positive_int
 
 from .timing import environment, interleaved, write_result
 
@@ -143,11 +144,11 @@ def profile(artifact: Path, seq: int, runs: int = 200) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.overhead", description=__doc__.split("\n\n")[0])
     p.add_argument("--artifact", required=True)
-    p.add_argument("--seq-lens", type=int, nargs="+", default=[32, 128])
-    p.add_argument("--repeats", type=int, default=300)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seq-lens", type=positive_int, nargs="+", default=[32, 128])
+    p.add_argument("--repeats", type=positive_int, default=300)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--profile", action="store_true", help="also write onnxruntime's per-operator profile")
     p.add_argument("--out", default="results/overhead")
     a = p.parse_args(argv)

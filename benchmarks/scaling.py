@@ -20,6 +20,7 @@ import numpy as np
 from runtime.backends.ort import default_threads
 from runtime.model import EarlyExitModel
 from runtime.tokenize import Encoded
+from runtime.cli import HelpFormatter, positive_int
 
 from .timing import environment, interleaved, percentiles, save_figure, write_result
 
@@ -101,11 +102,11 @@ def plot(res: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.scaling")
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.scaling")
     p.add_argument("--artifact", required=True)
-    p.add_argument("--seq-lens", type=int, nargs="+", default=[16, 32, 64, 128, 256, 512])
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seq-lens", type=positive_int, nargs="+", default=[16, 32, 64, 128, 256, 512])
+    p.add_argument("--repeats", type=positive_int, default=5)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--out", default="results/scaling")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from runtime import manifest as M
+from runtime.cli import fail, parser, positive_float, positive_int
 from runtime.manifest import install_folder, sha256_file, write_manifest
 from runtime.tasks import get_task
 from train.model import MultiExitModel, exit_signals, load_checkpoint
@@ -325,10 +326,11 @@ def _layer_list(text: str) -> tuple[int, ...]:
 
 
 def parse_args(argv: list[str] | None = None) -> ExportConfig:
-    p = argparse.ArgumentParser(prog="python -m export.build", description="Export a multi-exit checkpoint to per-layer ONNX graphs.")
+    p = parser("python -m export.build", "Export a multi-exit checkpoint to an artifact: one ONNX graph per exit, "
+               "embeddings, a monolithic reference graph, the tokenizer and manifest.json.")
     p.add_argument("--checkpoint", required=True, help="folder written by `python -m train.finetune`")
     p.add_argument("--out", required=True, help="artifact folder to write (replaced only when the new one is complete)")
-    p.add_argument("--layers", type=int, default=None, help="export the first N layers (default: all)")
+    p.add_argument("--layers", type=positive_int, default=None, help="export the first N layers (default: all)")
     p.add_argument("--exit-layers", type=_layer_list, default=None, metavar="K,K,...",
                    help="layers that get an exit, e.g. 2,4,6 (the last exported layer must be one); layers "
                         "without an exit run inside the next exit's graph (default: every layer)")
@@ -337,13 +339,13 @@ def parse_args(argv: list[str] | None = None) -> ExportConfig:
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS) + ["fp16"],
                    help="int8: dynamic quantization of every graph (weights per-channel); "
                         "fp16: TensorRT engines in fp16 (with --tensorrt)")
-    p.add_argument("--atol", type=float, default=None,
+    p.add_argument("--atol", type=positive_float, default=None,
                    help="max abs difference to PyTorch allowed (default 1e-4 for fp32, 0.5 for int8)")
     p.add_argument("--tensorrt", action="store_true",
                    help="also build a TensorRT engine per graph (needs TensorRT 10 and an NVIDIA GPU)")
-    p.add_argument("--trt-max-batch", type=int, default=32, help="TensorRT profile: largest batch")
-    p.add_argument("--trt-opt-batch", type=int, default=1, help="TensorRT profile: batch to tune for")
-    p.add_argument("--trt-opt-seq", type=int, default=128, help="TensorRT profile: sequence length to tune for")
+    p.add_argument("--trt-max-batch", type=positive_int, default=32, help="TensorRT profile: largest batch")
+    p.add_argument("--trt-opt-batch", type=positive_int, default=1, help="TensorRT profile: batch to tune for")
+    p.add_argument("--trt-opt-seq", type=positive_int, default=128, help="TensorRT profile: sequence length to tune for")
     a = p.parse_args(argv)
     try:
         return ExportConfig(a.checkpoint, a.out, a.layers, not a.no_monolithic, not a.no_fuse, a.precision, a.atol,
@@ -357,8 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = build(cfg)
     except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     m = M.load_manifest(out)
     v = m.validation
     print(f"artifact written to {out}: {m.num_exits} stage graphs (exits at layers {', '.join(map(str, m.exits))}) "

@@ -16,6 +16,7 @@ stream) serialise runs there, which makes every backend safe to share between th
 """
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 
@@ -135,12 +136,18 @@ class Chain:
             policy: ExitPolicy) -> ChainResult:
         """One tokenized batch ([B, S] int64, right padded) through the chain with early exit."""
         b = input_ids.shape[0]
-        res = ChainResult(np.zeros(b, np.int64), np.zeros((b, self.num_outputs), np.float32),
-                          {n: np.zeros(b, np.float32) for n in self.signals}, [None] * b)
         cohort = self.start(input_ids, token_type_ids, attention_mask, policy)
+        res = None
         try:
-            while not cohort.done:
+            while cohort.ws is not None:
                 f = self.advance(cohort)
+                if f is None:
+                    continue
+                if res is None and len(f.rows) == b:  # the whole batch left at once (always, at batch 1)
+                    return ChainResult(f.exit_layer, f.logits, f.signals, f.error)
+                if res is None:
+                    res = ChainResult(np.zeros(b, np.int64), np.zeros((b, self.num_outputs), np.float32),
+                                      {n: np.zeros(b, np.float32) for n in self.signals}, [None] * b)
                 res.exit_layer[f.rows] = f.exit_layer
                 res.logits[f.rows] = f.logits
                 for n in self.signals:
@@ -183,31 +190,59 @@ class Chain:
             raise
         return Cohort(policy, rows, lengths, PolicyState(b), 0, ws)
 
-    def advance(self, c: Cohort) -> Finished:
-        """Run the cohort's next stage; return the rows that exit there (they leave the cohort).
-        When no row is left the cohort's workspace goes back to the pool."""
-        if c.ws is None:
+    def advance(self, c: Cohort) -> Finished | None:
+        """Run the cohort's next stage; return the rows that exit there (they leave the cohort), or
+        None if none does. When no row is left the cohort's workspace goes back to the pool.
+        (Batch-1 latency pays for every line here: keep it lean.)"""
+        ws = c.ws
+        if ws is None:
             raise ValueError("this cohort has finished")
         k = c.stage
-        o = c.ws.run_stage(k)
-        out = LayerOutputs(o.logits, o.signals.get("confidence"), o.signals.get("entropy"), o.signals.get("lte"))
-        bad = ~np.isfinite(o.logits).all(axis=1)
-        for n in self.signals:
-            bad |= ~np.isfinite(o.signals[n])
-        done = decide(c.policy, k + 1, out, c.state, self.kind, self.num_stages) | bad
-        c.stage = k + 1
-        layer = int(self._exit_layers[k])
-        idx = np.flatnonzero(done)
-        err = [f"{NONFINITE} (NaN or infinity) at layer {layer}: the artifact is broken; re-export it"
-               if x else None for x in bad[idx]]
-        fin = Finished(c.rows[idx], np.full(len(idx), layer, np.int64), o.logits[idx].copy(),
-                       {n: o.signals[n][idx].copy() for n in self.signals}, err)
-        if len(idx) == c.size:
+        o = ws.run_stage(k)
+        sig, logits = o.signals, o.logits
+        out = LayerOutputs(logits, sig.get("confidence"), sig.get("entropy"), sig.get("lte"))
+        done = decide(c.policy, k + 1, out, c.state, self.kind, self.num_stages)
+        if len(done) == 1:  # batch 1 (the latency case): plain Python scalars, no array passes
+            total = float(logits.sum())
+            for m in self.signals:
+                total += float(sig[m][0])
+            ok = math.isfinite(total)
+            c.stage = k + 1
+            if ok and not done[0]:
+                return None
+            layer = self.exits[k]
+            fin = Finished(c.rows, np.full(1, layer, np.int64), logits.copy(), {m: sig[m].copy() for m in self.signals},
+                           [None if ok else f"{NONFINITE} (NaN or infinity) at layer {layer}: the artifact is broken; "
+                                            f"re-export it"])
             self._finish(c)
-        elif len(idx):
+            return fin
+        # One pass for finiteness: a sum is NaN or infinite if any term is (inf - inf is NaN too).
+        chk = logits.sum(axis=1)
+        for n in self.signals:
+            chk = chk + sig[n]
+        bad = ~np.isfinite(chk)
+        if bad.any():
+            done = done | bad
+        c.stage = k + 1
+        if not done.any():
+            return None
+        layer = self.exits[k]
+        if done.all():
+            idx = None
+            rows, lg, sg, bd = c.rows, logits.copy(), {m: sig[m].copy() for m in self.signals}, bad
+        else:
+            idx = np.flatnonzero(done)
+            rows, lg, sg, bd = c.rows[idx], logits[idx], {m: sig[m][idx] for m in self.signals}, bad[idx]
+        err = [None] * len(rows) if not bd.any() else [
+            f"{NONFINITE} (NaN or infinity) at layer {layer}: the artifact is broken; re-export it" if x else None
+            for x in bd.tolist()]
+        fin = Finished(rows, np.full(len(rows), layer, np.int64), lg, sg, err)
+        if idx is None:
+            self._finish(c)
+        else:
             keep = np.flatnonzero(~done)
             c.rows, c.lengths, c.state = c.rows[keep], c.lengths[keep], c.state.take(keep)
-            c.ws.keep(keep, int(c.lengths.max()))
+            ws.keep(keep, int(c.lengths.max()))
         return fin
 
     def merge(self, cohorts: list[Cohort]) -> Cohort:

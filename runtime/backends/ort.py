@@ -245,6 +245,7 @@ class OrtWorkspace(Workspace):
         self._sizes: tuple[int, ...] = ()
         self.b = self.s = 0
         self.cur = 0  # which hidden buffer holds the live rows' states
+        self._roles, self._stages = self.m.stage_roles, be.stages
 
     # -- buffers ------------------------------------------------------------------------
     def _views(self, b: int, s: int) -> None:
@@ -295,11 +296,13 @@ class OrtWorkspace(Workspace):
         v[M.LOGITS] = self._small[M.LOGITS].view((self.b, self.c))
         return v
 
-    def _binding(self, role: str, j: int) -> ort.IOBinding:
+    def _binding(self, role: str, j: int) -> tuple[ort.IOBinding, StageOutputs | None]:
+        """The cached IOBinding of `role` reading hidden[j] at the current shape, and the views of
+        its small outputs (the same arrays every run: nothing is allocated per call)."""
         key = (role, self.b, self.s, j)
-        bnd = self._bind_cache.get(key)
-        if bnd is not None:
-            return bnd
+        hit = self._bind_cache.get(key)
+        if hit is not None:
+            return hit
         bnd = self.be.sessions[role].io_binding()
         b, s = self.b, self.s
         if role == M.EMBEDDINGS:
@@ -307,14 +310,17 @@ class OrtWorkspace(Workspace):
             if self.m.uses_token_types:
                 self._in(bnd, M.TOKEN_TYPE_IDS, self._tt.view((b, s)))
             self._bind_hidden(bnd, M.HIDDEN_IN, j, out=True)
-        else:  # a stage: reads hidden[j], writes hidden[1 - j]
+        outs = None
+        if role != M.EMBEDDINGS:  # a stage: reads hidden[j], writes hidden[1 - j]
             self._bind_hidden(bnd, M.HIDDEN_IN, j, out=False)
             self._in(bnd, M.ATTENTION_MASK, self._mask.view((b, s)))
             self._bind_hidden(bnd, M.HIDDEN_OUT, 1 - j, out=True)
-            for name, a in self._small_views().items():
+            views = self._small_views()
+            for name, a in views.items():
                 bnd.bind_output(name, "cpu", 0, a.dtype, list(a.shape), a.ctypes.data)
-        self._bind_cache[key] = bnd
-        return bnd
+            outs = StageOutputs(views.pop(M.LOGITS), views)
+        self._bind_cache[key] = (bnd, outs)
+        return bnd, outs
 
     # -- the Workspace interface ----------------------------------------------------------------
     def embed(self, input_ids, token_type_ids, attention_mask) -> None:
@@ -324,13 +330,13 @@ class OrtWorkspace(Workspace):
         self._tt.view((b, s))[:] = token_type_ids
         self._mask.view((b, s))[:] = attention_mask
         self.cur = 0
-        self.be.sessions[M.EMBEDDINGS].run_with_iobinding(self._binding(M.EMBEDDINGS, 0))
+        self.be.sessions[M.EMBEDDINGS].run_with_iobinding(self._binding(M.EMBEDDINGS, 0)[0])
 
     def run_stage(self, k: int) -> StageOutputs:
-        self.be.stages[k].run_with_iobinding(self._binding(self.m.stage_roles[k], self.cur))
+        bnd, outs = self._binding(self._roles[k], self.cur)
+        self._stages[k].run_with_iobinding(bnd)
         self.cur = 1 - self.cur
-        v = self._small_views()
-        return StageOutputs(v.pop(M.LOGITS), v)
+        return outs
 
     def keep(self, rows: np.ndarray, seq: int) -> None:
         # The kept rows move into the other hidden buffer (no temporary), which becomes current.
