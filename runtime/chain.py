@@ -173,6 +173,17 @@ class Chain:
         finally:
             self._pool.release(ws)
 
+    def monolithic(self, input_ids: np.ndarray, token_type_ids: np.ndarray,
+                   attention_mask: np.ndarray) -> LayerOutputs:
+        """The backend's single-graph reference (all layers, last head), copied out."""
+        ids, tt, mask, _ = _trim(input_ids, token_type_ids, attention_mask)
+        ws = self._pool.acquire()
+        try:
+            o = ws.monolithic(ids, tt, mask)
+            return LayerOutputs(o.logits.copy(), *(_copy(o.signals.get(n)) for n in ("confidence", "entropy", "lte")))
+        finally:
+            self._pool.release(ws)
+
     # -- one stage at a time ------------------------------------------------------------------
     def start(self, input_ids: np.ndarray, token_type_ids: np.ndarray, attention_mask: np.ndarray,
               policy: ExitPolicy, rows: np.ndarray | None = None) -> Cohort:

@@ -72,6 +72,11 @@ class Workspace(ABC):
         """Make `state`'s rows the live rows (as if the last stage had produced them)."""
         raise BackendError(f"{type(self).__name__} cannot take hidden states from the host")
 
+    def monolithic(self, input_ids: np.ndarray, token_type_ids: np.ndarray,
+                   attention_mask: np.ndarray) -> StageOutputs:
+        """All layers in one graph, the last head (the reference a plain deployment runs)."""
+        raise BackendError(f"{type(self).__name__} has no monolithic graph")
+
     def close(self) -> None:
         """Release this workspace's buffers (device memory included)."""
 
@@ -86,11 +91,6 @@ class Backend(ABC):
     @abstractmethod
     def workspace(self) -> Workspace:
         """A new workspace (the loop keeps a pool of them)."""
-
-    def monolithic(self, input_ids: np.ndarray, token_type_ids: np.ndarray,
-                   attention_mask: np.ndarray) -> StageOutputs:
-        """All layers in one graph, the last head (the reference a plain deployment runs)."""
-        raise BackendError(f"backend '{self.name}' has no monolithic graph")
 
     @property
     def has_monolithic(self) -> bool:

@@ -202,16 +202,6 @@ class OrtBackend(Backend):
     def workspace(self) -> "OrtWorkspace":
         return OrtWorkspace(self)
 
-    def monolithic(self, input_ids, token_type_ids, attention_mask) -> StageOutputs:
-        if not self.has_monolithic:
-            raise ArtifactError("this artifact has no monolithic graph (or it was not loaded).")
-        feeds = {M.INPUT_IDS: input_ids, M.ATTENTION_MASK: attention_mask}
-        if self.manifest.uses_token_types:
-            feeds[M.TOKEN_TYPE_IDS] = token_type_ids
-        names = [M.LOGITS, *self.manifest.signals]
-        outs = self.sessions[M.MONOLITHIC].run(names, {k: np.ascontiguousarray(v, np.int64) for k, v in feeds.items()})
-        return StageOutputs(outs[0], dict(zip(names[1:], outs[1:])))
-
     def close(self) -> None:
         self.sessions.clear()
         self.stages = []
@@ -305,13 +295,20 @@ class OrtWorkspace(Workspace):
             return hit
         bnd = self.be.sessions[role].io_binding()
         b, s = self.b, self.s
-        if role == M.EMBEDDINGS:
+        if role in (M.EMBEDDINGS, M.MONOLITHIC):
             self._in(bnd, M.INPUT_IDS, self._ids.view((b, s)))
             if self.m.uses_token_types:
                 self._in(bnd, M.TOKEN_TYPE_IDS, self._tt.view((b, s)))
-            self._bind_hidden(bnd, M.HIDDEN_IN, j, out=True)
         outs = None
-        if role != M.EMBEDDINGS:  # a stage: reads hidden[j], writes hidden[1 - j]
+        if role == M.EMBEDDINGS:
+            self._bind_hidden(bnd, M.HIDDEN_IN, j, out=True)
+        elif role == M.MONOLITHIC:
+            self._in(bnd, M.ATTENTION_MASK, self._mask.view((b, s)))
+            views = self._small_views()
+            for name, a in views.items():
+                bnd.bind_output(name, "cpu", 0, a.dtype, list(a.shape), a.ctypes.data)
+            outs = StageOutputs(views.pop(M.LOGITS), views)
+        else:  # a stage: reads hidden[j], writes hidden[1 - j]
             self._bind_hidden(bnd, M.HIDDEN_IN, j, out=False)
             self._in(bnd, M.ATTENTION_MASK, self._mask.view((b, s)))
             self._bind_hidden(bnd, M.HIDDEN_OUT, 1 - j, out=True)
@@ -323,14 +320,25 @@ class OrtWorkspace(Workspace):
         return bnd, outs
 
     # -- the Workspace interface ----------------------------------------------------------------
-    def embed(self, input_ids, token_type_ids, attention_mask) -> None:
+    def _load_inputs(self, input_ids, token_type_ids, attention_mask) -> None:
         b, s = input_ids.shape
         self._views(b, s)
         self._ids.view((b, s))[:] = input_ids
         self._tt.view((b, s))[:] = token_type_ids
         self._mask.view((b, s))[:] = attention_mask
+
+    def embed(self, input_ids, token_type_ids, attention_mask) -> None:
+        self._load_inputs(input_ids, token_type_ids, attention_mask)
         self.cur = 0
         self.be.sessions[M.EMBEDDINGS].run_with_iobinding(self._binding(M.EMBEDDINGS, 0)[0])
+
+    def monolithic(self, input_ids, token_type_ids, attention_mask) -> StageOutputs:
+        if not self.be.has_monolithic:
+            raise ArtifactError("this artifact has no monolithic graph (or it was not loaded).")
+        self._load_inputs(input_ids, token_type_ids, attention_mask)
+        bnd, outs = self._binding(M.MONOLITHIC, 0)
+        self.be.sessions[M.MONOLITHIC].run_with_iobinding(bnd)
+        return outs
 
     def run_stage(self, k: int) -> StageOutputs:
         bnd, outs = self._binding(self._roles[k], self.cur)
