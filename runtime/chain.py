@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .backends.base import Backend, HiddenState, Workspace
-from .policies import ExitPolicy, LayerOutputs, PolicyState, decide
+from .policies import POLICIES, ExitPolicy, LayerOutputs, PolicyState, decide, derive_signal
 
 NONFINITE = "non-finite output"
 
@@ -168,7 +168,8 @@ class Chain:
             outs = []
             for k in range(self.num_stages):
                 o = ws.run_stage(k)
-                outs.append(LayerOutputs(o.logits.copy(), *(_copy(o.signals.get(n)) for n in ("confidence", "entropy", "lte"))))
+                sig = self._all_signals(o.signals, o.logits, o.lte_logit)
+                outs.append(LayerOutputs(o.logits.copy(), sig.get("confidence"), sig.get("entropy"), sig.get("lte")))
             return outs
         finally:
             self._pool.release(ws)
@@ -180,7 +181,7 @@ class Chain:
         ws = self._pool.acquire()
         try:
             o = ws.monolithic(ids, tt, mask)
-            return LayerOutputs(o.logits.copy(), *(_copy(o.signals.get(n)) for n in ("confidence", "entropy", "lte")))
+            return LayerOutputs(o.logits.copy())
         finally:
             self._pool.release(ws)
 
@@ -211,25 +212,30 @@ class Chain:
         k = c.stage
         o = ws.run_stage(k)
         sig, logits = o.signals, o.logits
+        need = POLICIES[c.policy.name].signal
+        if need is not None and need not in sig:  # only the signal the policy reads is derived here
+            sig = {**sig, need: derive_signal(need, logits, o.lte_logit)}
         out = LayerOutputs(logits, sig.get("confidence"), sig.get("entropy"), sig.get("lte"))
         done = decide(c.policy, k + 1, out, c.state, self.kind, self.num_stages)
         if len(done) == 1:  # batch 1 (the latency case): plain Python scalars, no array passes
-            total = float(logits.sum())
-            for m in self.signals:
+            total = float(logits.sum()) + (float(o.lte_logit[0]) if o.lte_logit is not None else 0.0)
+            for m in sig:
                 total += float(sig[m][0])
             ok = math.isfinite(total)
             c.stage = k + 1
             if ok and not done[0]:
                 return None
             layer = self.exits[k]
-            fin = Finished(c.rows, np.full(1, layer, np.int64), logits.copy(), {m: sig[m].copy() for m in self.signals},
+            fin = Finished(c.rows, np.full(1, layer, np.int64), logits.copy(), self._all_signals(sig, logits, o.lte_logit),
                            [None if ok else f"{NONFINITE} (NaN or infinity) at layer {layer}: the artifact is broken; "
                                             f"re-export it"])
             self._finish(c)
             return fin
         # One pass for finiteness: a sum is NaN or infinite if any term is (inf - inf is NaN too).
         chk = logits.sum(axis=1)
-        for n in self.signals:
+        if o.lte_logit is not None:
+            chk = chk + o.lte_logit
+        for n in sig:
             chk = chk + sig[n]
         bad = ~np.isfinite(chk)
         if bad.any():
@@ -240,10 +246,13 @@ class Chain:
         layer = self.exits[k]
         if done.all():
             idx = None
-            rows, lg, sg, bd = c.rows, logits.copy(), {m: sig[m].copy() for m in self.signals}, bad
+            rows, lg, bd = c.rows, logits.copy(), bad
+            sg = self._all_signals(sig, logits, o.lte_logit)
         else:
             idx = np.flatnonzero(done)
-            rows, lg, sg, bd = c.rows[idx], logits[idx], {m: sig[m][idx] for m in self.signals}, bad[idx]
+            rows, lg, bd = c.rows[idx], logits[idx], bad[idx]
+            sg = self._all_signals({m: v[idx] for m, v in sig.items()}, lg,
+                                   None if o.lte_logit is None else o.lte_logit[idx])
         err = [None] * len(rows) if not bd.any() else [
             f"{NONFINITE} (NaN or infinity) at layer {layer}: the artifact is broken; re-export it" if x else None
             for x in bd.tolist()]
@@ -255,6 +264,11 @@ class Chain:
             c.rows, c.lengths, c.state = c.rows[keep], c.lengths[keep], c.state.take(keep)
             ws.keep(keep, int(c.lengths.max()))
         return fin
+
+    def _all_signals(self, sig: dict[str, np.ndarray], logits: np.ndarray,
+                     lte_logit: np.ndarray | None) -> dict[str, np.ndarray]:
+        """Every signal of the model for these rows (copies): given ones, the others derived."""
+        return {m: sig[m].copy() if m in sig else derive_signal(m, logits, lte_logit) for m in self.signals}
 
     def merge(self, cohorts: list[Cohort]) -> Cohort:
         """One cohort of the rows of several that have run the same stages under the same policy
@@ -315,7 +329,3 @@ def _pad(a: np.ndarray, s: int) -> np.ndarray:
         return a
     width = [(0, 0), (0, s - a.shape[1])] + [(0, 0)] * (a.ndim - 2)
     return np.pad(a, width)
-
-
-def _copy(a: np.ndarray | None) -> np.ndarray | None:
-    return None if a is None else a.copy()

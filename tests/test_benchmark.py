@@ -107,19 +107,32 @@ def test_precision_benchmark(rte_ckpt, rte_art, data_dir, tmp_path):
     assert r["rows"][0]["score_change_vs_first_points"] == 0.0
 
 
-def test_overhead_benchmark_splits_boundaries_and_heads(rte_art, tmp_path):
+def test_overhead_benchmark_splits_boundaries_and_heads(rte_art, sst2_ckpt, tmp_path, data_dir):
     import onnx
 
     from benchmarks.overhead import main as overhead_main
     from benchmarks.overhead import strip_head
+    from export.build import ExportConfig, build
     bare = onnx.load_from_string(strip_head(rte_art / "layer_01.onnx"))
     assert [o.name for o in bare.graph.output] == ["hidden_states_out"]
-    assert not {"LogSoftmax", "Sigmoid"} & {n.op_type for n in bare.graph.node}  # the head is gone
-    assert overhead_main(["--artifact", str(rte_art), "--seq-lens", "8", "--repeats", "5", "--profile",
+    assert not {"Gemm", "Gather"} & {n.op_type for n in bare.graph.node}  # the head is gone
+    # mean pooling: the stripped graph no longer reads the pooling weights
+    lean = build(ExportConfig(str(sst2_ckpt), str(tmp_path / "sst2")))
+    merged = build(ExportConfig(str(sst2_ckpt), str(tmp_path / "sst2_x2"), exit_layers=(2,), monolithic=False))
+    assert [i.name for i in onnx.load_from_string(strip_head(lean / "layer_01.onnx")).graph.input] == \
+        ["hidden_states", "attention_mask"]
+    assert overhead_main(["--artifact", str(lean), "--task", "sst2", "--data-dir", str(data_dir), "--max-samples", "4",
+                          "--passes", "2", "--repeats", "2", "--compare", f"merged={merged}", "--profile",
                           "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "overhead.json").read_text())
-    row = res["rows"][0]
-    assert row["seq_len"] == 8 and row["median_ms"]["chain"] > 0
-    assert set(row["median_ms"]) == {"monolithic", "chain", "chain_bare", "embeddings", "layer", "layer_bare"}
-    prof = res["profile"]["8"]
-    assert prof["monolithic"]["kernel_us_by_op"].get("Attention", 0) > 0 and prof["layer_01"]["nodes"] > 5
+    assert len(res["passes"]) == 2 and res["inputs"] == 4 and res["head_layout"] == "logits"
+    s, p0 = res["summary"], res["passes"][0]
+    assert s["chain_overhead"]["min"] <= s["chain_overhead"]["median"] <= s["chain_overhead"]["max"]
+    ms = p0["ms_mean"]
+    assert p0["chain_overhead"] == pytest.approx(ms["chain"] / ms["monolithic"])
+    assert p0["chain_overhead"] - 1 == pytest.approx(p0["boundaries"] + p0["exit_heads"] + p0["python_loop"])
+    assert p0["merged_over_monolithic"] == pytest.approx(ms["merged"] / ms["monolithic"])
+    assert set(ms) == {"monolithic", "chain", "raw_chain", "raw_bare", "exit_1", "merged"}
+    prof = res["profile"]
+    assert prof["monolithic"]["kernel_us_by_op"].get("Attention", 0) > 0 and prof[prof["stage"]]["nodes"] > 5
+    assert prof["comparison"]["layer_ops_ratio"] > 0

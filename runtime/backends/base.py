@@ -38,6 +38,8 @@ class StageOutputs:
 
     logits: np.ndarray  # [b, C] float32 (C = 1 for regression)
     signals: dict[str, np.ndarray]  # signal name ("confidence", "entropy", "lte") -> [b] float32
+    lte_logit: np.ndarray | None = None  # [b] before the sigmoid, when the backend gives that instead of
+    #                                      "lte" (signals a backend does not give, the loop derives)
 
 
 @dataclass(frozen=True)

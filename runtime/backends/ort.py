@@ -229,7 +229,13 @@ class OrtWorkspace(Workspace):
         self.h, self.c = self.m.hidden_size, self.m.task.num_outputs
         self._ids, self._tt, self._mask = _Grow(np.int64), _Grow(np.int64), _Grow(np.int64)
         self._hid = [_Grow(np.float32), _Grow(np.float32)]
-        self._small = {M.LOGITS: _Grow(np.float32), **{n: _Grow(np.float32) for n in self.m.signals}}
+        self._pool_w = _Grow(np.float32)  # mean pooling weights [b, 1, s] (head layout "logits")
+        self.lean = self.m.head_layout == "logits"
+        self.width = self.m.head_width  # columns of `head`: C logits (+ the LTE logit)
+        self.has_lte = M.LTE in self.m.signals
+        self._small = {M.HEAD: _Grow(np.float32)} if self.lean else \
+            {M.LOGITS: _Grow(np.float32), **{n: _Grow(np.float32) for n in self.m.signals}}
+        self._mono = _Grow(np.float32)  # the monolithic graph's logits
         self._dev: dict[tuple[int, int], list[ort.OrtValue]] = {}  # device mode: per-shape OrtValue pairs
         self._bind_cache: dict[tuple, ort.IOBinding] = {}
         self._sizes: tuple[int, ...] = ()
@@ -246,10 +252,12 @@ class OrtWorkspace(Workspace):
         if self.be.device is None:
             for g in self._hid:
                 g.view((b, s, self.h))
-        for g in self._small.values():
-            g.view((b,))
-        self._small[M.LOGITS].view((b, self.c))
-        sizes = tuple(g.buf.size for g in (self._ids, self._tt, self._mask, *self._hid, *self._small.values()))
+        for name, g in self._small.items():
+            g.view(self._small_shape(name))
+        self._mono.view((b, self.c))
+        self._pool_w.view((b, 1, s))
+        sizes = tuple(g.buf.size for g in (self._ids, self._tt, self._mask, self._pool_w, self._mono, *self._hid,
+                                           *self._small.values()))
         if sizes != self._sizes:
             self._bind_cache.clear()
             self._sizes = sizes
@@ -281,10 +289,24 @@ class OrtWorkspace(Workspace):
     def _in(bnd: ort.IOBinding, name: str, a: np.ndarray) -> None:
         bnd.bind_input(name, "cpu", 0, a.dtype, list(a.shape), a.ctypes.data)
 
+    def _small_shape(self, name: str) -> tuple[int, ...]:
+        return (self.b, self.width) if name == M.HEAD else (self.b, self.c) if name == M.LOGITS else (self.b,)
+
     def _small_views(self) -> dict[str, np.ndarray]:
-        v = {n: g.view((self.b,)) for n, g in self._small.items() if n != M.LOGITS}
-        v[M.LOGITS] = self._small[M.LOGITS].view((self.b, self.c))
-        return v
+        return {n: g.view(self._small_shape(n)) for n, g in self._small.items()}
+
+    def _stage_outputs(self, views: dict[str, np.ndarray]) -> StageOutputs:
+        if self.lean:  # views into `head`: logits, then the LTE logit
+            head = views[M.HEAD]
+            return StageOutputs(head[:, :self.c], {}, head[:, self.c] if self.has_lte else None)
+        return StageOutputs(views[M.LOGITS], {n: a for n, a in views.items() if n != M.LOGITS})
+
+    def _set_mask(self, mask: np.ndarray) -> None:
+        """The live rows' mask, and (mean pooling, head layout "logits") their pooling weights."""
+        self._mask.view((self.b, self.s))[:] = mask
+        if self.m.uses_pool_weights:
+            m = mask.astype(np.float32)
+            self._pool_w.view((self.b, 1, self.s))[:, 0, :] = m / np.maximum(m.sum(axis=1, keepdims=True), 1.0)
 
     def _binding(self, role: str, j: int) -> tuple[ort.IOBinding, StageOutputs | None]:
         """The cached IOBinding of `role` reading hidden[j] at the current shape, and the views of
@@ -304,18 +326,19 @@ class OrtWorkspace(Workspace):
             self._bind_hidden(bnd, M.HIDDEN_IN, j, out=True)
         elif role == M.MONOLITHIC:
             self._in(bnd, M.ATTENTION_MASK, self._mask.view((b, s)))
-            views = self._small_views()
-            for name, a in views.items():
-                bnd.bind_output(name, "cpu", 0, a.dtype, list(a.shape), a.ctypes.data)
-            outs = StageOutputs(views.pop(M.LOGITS), views)
+            logits = self._mono.view((b, self.c))
+            bnd.bind_output(M.LOGITS, "cpu", 0, logits.dtype, list(logits.shape), logits.ctypes.data)
+            outs = StageOutputs(logits, {})
         else:  # a stage: reads hidden[j], writes hidden[1 - j]
             self._bind_hidden(bnd, M.HIDDEN_IN, j, out=False)
             self._in(bnd, M.ATTENTION_MASK, self._mask.view((b, s)))
+            if self.m.uses_pool_weights:
+                self._in(bnd, M.POOL_WEIGHTS, self._pool_w.view((b, 1, s)))
             self._bind_hidden(bnd, M.HIDDEN_OUT, 1 - j, out=True)
             views = self._small_views()
             for name, a in views.items():
                 bnd.bind_output(name, "cpu", 0, a.dtype, list(a.shape), a.ctypes.data)
-            outs = StageOutputs(views.pop(M.LOGITS), views)
+            outs = self._stage_outputs(views)
         self._bind_cache[key] = (bnd, outs)
         return bnd, outs
 
@@ -325,7 +348,7 @@ class OrtWorkspace(Workspace):
         self._views(b, s)
         self._ids.view((b, s))[:] = input_ids
         self._tt.view((b, s))[:] = token_type_ids
-        self._mask.view((b, s))[:] = attention_mask
+        self._set_mask(attention_mask)
 
     def embed(self, input_ids, token_type_ids, attention_mask) -> None:
         self._load_inputs(input_ids, token_type_ids, attention_mask)
@@ -356,7 +379,7 @@ class OrtWorkspace(Workspace):
             hidden = np.ascontiguousarray(self._ortvalues()[src].numpy()[rows, :seq])
         mask = self._mask.view((old_b, old_s))[rows, :seq]
         self._views(len(rows), seq)
-        self._mask.view((self.b, self.s))[:] = mask
+        self._set_mask(mask)
         self._put_hidden(1 - src, hidden)
         self.cur = 1 - src
 
@@ -378,7 +401,7 @@ class OrtWorkspace(Workspace):
         if h != self.h or state.mask.shape != (b, s):
             raise ValueError(f"hidden states {state.hidden.shape} / mask {state.mask.shape} do not fit hidden size {self.h}")
         self._views(b, s)
-        self._mask.view((b, s))[:] = state.mask
+        self._set_mask(state.mask)
         self.cur = 0
         self._put_hidden(0, state.hidden)
 
