@@ -26,7 +26,7 @@ def _worker(artifact: str, task: str, data_dir: str | None, clients: list[int], 
     from runtime.datasets import load_split
     from runtime.model import EarlyExitModel
 
-    model = EarlyExitModel(artifact, threads=intra, load_monolithic=False)
+    model = EarlyExitModel(artifact, threads=intra, load_monolithic=False, thread_pool="shared")
     pol = model.policy()
     dev = load_split(task, "dev", data_dir)
     n = min(requests, len(dev))

@@ -30,7 +30,7 @@ def run(artifacts: list[str], task_name: str, data_dir: str | None, max_samples:
     n = len(dev)
     models, variants, info = [], {}, []
     for k, art in enumerate(artifacts):
-        m = EarlyExitModel(art, threads=threads)
+        m = EarlyExitModel(art, threads=threads, thread_pool="shared")
         if m.task.name != task.name:
             raise ValueError(f"artifact '{art}' was trained for task '{m.task.name}', not '{task.name}'.")
         encs = [m.encode([dev.text_a[i]], None if dev.text_b is None else [dev.text_b[i]]) for i in range(n)]

@@ -44,7 +44,7 @@ def hwm():
             return int(line.split()[1]) / 1024
 from runtime import EarlyExitModel
 before = hwm()
-m = EarlyExitModel(sys.argv[1], threads=int(sys.argv[2]), load_monolithic=sys.argv[3] == '1')
+m = EarlyExitModel(sys.argv[1], threads=int(sys.argv[2]), load_monolithic=sys.argv[3] == '1', thread_pool='shared')
 m.predict(['a short input to serve once'] , ['a second text'] if m.task.text_pair else None)
 print(json.dumps({"peak_rss_mib_after_imports": before, "peak_rss_mib_loaded_and_served": hwm()}))
 """
@@ -59,7 +59,7 @@ def peak_rss(artifact: str, threads: int, with_monolithic: bool) -> dict:
 
 def run(artifact: str, seq_lens: list[int], repeats: int, threads: int | None) -> dict:
     threads = threads or default_threads()
-    model = EarlyExitModel(artifact, threads=threads)
+    model = EarlyExitModel(artifact, threads=threads, thread_pool="shared")
     L = model.num_layers
     max_pos = int(model.manifest.backbone.extra.get("max_position_embeddings") or 512)
     vocab = model.manifest.backbone.vocab_size

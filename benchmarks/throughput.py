@@ -30,7 +30,7 @@ log = logging.getLogger("benchmarks.throughput")
 def run(artifact: str, task_name: str, data_dir: str | None, batch_sizes: list[int], policy_args: dict,
         max_samples: int | None, repeats: int, threads: int | None) -> dict:
     threads = threads or default_threads()
-    model = EarlyExitModel(artifact, threads=threads)
+    model = EarlyExitModel(artifact, threads=threads, thread_pool="shared")
     task = get_task(task_name)
     if model.task.name != task.name:
         raise ValueError(f"the artifact was trained for task '{model.task.name}', not '{task.name}'.")
