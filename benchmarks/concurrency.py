@@ -48,15 +48,15 @@ def _worker(artifact: str, task: str, data_dir: str | None, clients: list[int], 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.concurrency")
-    p.add_argument("--artifact", required=True)
-    p.add_argument("--task", required=True)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--clients", type=positive_int, nargs="+", default=[1, 2, 4])
-    p.add_argument("--intra-op", type=positive_int, nargs="+", default=[1, 2])
-    p.add_argument("--requests", type=positive_int, default=300)
-    p.add_argument("--rounds", type=positive_int, default=3)
-    p.add_argument("--out", default="results/concurrency")
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.concurrency", description=__doc__.split("\n\n")[0])
+    p.add_argument("--artifact", required=True, help="artifact folder written by `python -m export.build`")
+    p.add_argument("--task", required=True, help="task whose dev split is timed (sst2, rte, mrpc, stsb, sick)")
+    p.add_argument("--data-dir", default=None, help="folder with glue/ and sick/ (default: ../shared/data)")
+    p.add_argument("--clients", type=positive_int, nargs="+", default=[1, 2, 4], help="numbers of concurrent client threads to try")
+    p.add_argument("--intra-op", type=positive_int, nargs="+", default=[1, 2], help="intra-op thread pool sizes to try (one subprocess each)")
+    p.add_argument("--requests", type=positive_int, default=300, help="batch-1 requests per client and round")
+    p.add_argument("--rounds", type=positive_int, default=3, help="timing rounds (median reported)")
+    p.add_argument("--out", default="results/concurrency", help="output folder for the JSON and PNG results")
     p.add_argument("--_worker", type=nonneg_int, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a._worker is not None:

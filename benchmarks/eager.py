@@ -100,11 +100,11 @@ def run(latency_json: Path, checkpoint: str | None, data_dir: str | None, repeat
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.eager")
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.eager", description=__doc__.split("\n\n")[0])
     p.add_argument("--latency", required=True, help="latency.json written by benchmarks.latency")
-    p.add_argument("--checkpoint", default=None)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--repeats", type=positive_int, default=2)
+    p.add_argument("--checkpoint", default=None, help="checkpoint the artifact was exported from (default: the manifest's source)")
+    p.add_argument("--data-dir", default=None, help="folder with glue/ and sick/ (default: ../shared/data)")
+    p.add_argument("--repeats", type=positive_int, default=2, help="runs of each input per measurement (per-input median)")
     a = p.parse_args(argv)
     path = Path(a.latency)
     try:

@@ -185,16 +185,16 @@ def table(res: dict) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.gpu", description=__doc__.split("\n\n")[0])
-    p.add_argument("--backend", default="cuda-graphs", choices=["cuda-graphs"])
+    p.add_argument("--backend", default="cuda-graphs", choices=["cuda-graphs"], help="execution backend")
     p.add_argument("--config", default="bert-base", help="bert-base | minilm-l6 (random weights)")
     p.add_argument("--checkpoint", default=None, help="time a fine-tuned checkpoint instead of a random config")
-    p.add_argument("--batch-size", type=positive_int, default=1)
-    p.add_argument("--seq-len", type=positive_int, default=128)
-    p.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
-    p.add_argument("--repeats", type=positive_int, default=300)
-    p.add_argument("--input-sets", type=positive_int, default=8)
-    p.add_argument("--no-eager", action="store_true")
-    p.add_argument("--out", default="results/gpu")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="rows per batch")
+    p.add_argument("--seq-len", type=positive_int, default=128, help="tokens per row")
+    p.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"], help="precision of the CUDA pieces")
+    p.add_argument("--repeats", type=positive_int, default=300, help="runs of each input per measurement (per-input median)")
+    p.add_argument("--input-sets", type=positive_int, default=8, help="distinct random input sets to cycle through")
+    p.add_argument("--no-eager", action="store_true", help="skip the PyTorch eager comparison")
+    p.add_argument("--out", default="results/gpu", help="output folder for the JSON and PNG results")
     return p.parse_args(argv)
 
 

@@ -205,21 +205,21 @@ def plot(result: dict, path: Path) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.latency", description="Measure early-exit latency (batch 1).")
-    p.add_argument("--artifact", required=True)
-    p.add_argument("--task", required=True)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--max-samples", type=positive_int, default=None)
+    p.add_argument("--artifact", required=True, help="artifact folder written by `python -m export.build`")
+    p.add_argument("--task", required=True, help="task whose dev split is timed (sst2, rte, mrpc, stsb, sick)")
+    p.add_argument("--data-dir", default=None, help="folder with glue/ and sick/ (default: ../shared/data)")
+    p.add_argument("--max-samples", type=positive_int, default=None, help="first N dev rows only (default: all)")
     p.add_argument("--repeats", type=positive_int, default=3, help="runs of each sample per pass (per-sample median)")
     p.add_argument("--passes", type=positive_int, default=3,
                    help="independent timing passes; ratios are reported as their median (and range)")
-    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: all cores)")
     p.add_argument("--checkpoint", default=None, help="for the eager comparison (default: the manifest's source)")
-    p.add_argument("--no-eager", action="store_true")
-    p.add_argument("--policies", nargs="+", default=None, choices=list(SWEEP_POLICIES))
+    p.add_argument("--no-eager", action="store_true", help="skip the PyTorch eager comparison")
+    p.add_argument("--policies", nargs="+", default=None, choices=list(SWEEP_POLICIES), help="exit policies to sweep (default: every one the model supports)")
     p.add_argument("--points", type=positive_int, default=6, help="thresholds per policy, spread over average exit layers")
     p.add_argument("--thresholds", type=finite_float, nargs="+", default=None,
                    help="explicit thresholds (instead of spread ones) for the policies given")
-    p.add_argument("--out", default="results/latency")
+    p.add_argument("--out", default="results/latency", help="output folder for the JSON and PNG results")
     return p.parse_args(argv)
 
 

@@ -59,14 +59,14 @@ def run(artifacts: list[str], task_name: str, data_dir: str | None, max_samples:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.precision")
-    p.add_argument("--artifacts", nargs="+", required=True)
-    p.add_argument("--task", required=True)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--max-samples", type=positive_int, default=None)
-    p.add_argument("--repeats", type=positive_int, default=2)
-    p.add_argument("--threads", type=positive_int, default=None)
-    p.add_argument("--out", default="results/precision")
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.precision", description=__doc__.split("\n\n")[0])
+    p.add_argument("--artifacts", nargs="+", required=True, help="artifact folders of the same model (e.g. fp32 and int8 exports), compared in one process")
+    p.add_argument("--task", required=True, help="task whose dev split is timed (sst2, rte, mrpc, stsb, sick)")
+    p.add_argument("--data-dir", default=None, help="folder with glue/ and sick/ (default: ../shared/data)")
+    p.add_argument("--max-samples", type=positive_int, default=None, help="first N dev rows only (default: all)")
+    p.add_argument("--repeats", type=positive_int, default=2, help="runs of each input per measurement (per-input median)")
+    p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: all cores)")
+    p.add_argument("--out", default="results/precision", help="output folder for the JSON and PNG results")
     a = p.parse_args(argv)
     try:
         res = run(a.artifacts, a.task, a.data_dir, a.max_samples, a.repeats, a.threads)

@@ -325,18 +325,18 @@ def findings(out: Path, report: Path, command: str, settings: str) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.reproduce")
-    p.add_argument("--tasks", nargs="+", default=["rte", "mrpc", "stsb", "sick", "sst2"])
-    p.add_argument("--seeds", type=nonneg_int, nargs="+", default=[42, 43, 44])
-    p.add_argument("--runs-dir", default="runs/repro")
-    p.add_argument("--out", default="results/reproduction")
-    p.add_argument("--report", default="results/REPRODUCTION.md")
-    p.add_argument("--model", default=None)
-    p.add_argument("--data-dir", default=None)
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.reproduce", description=__doc__.split("\n\n")[0])
+    p.add_argument("--tasks", nargs="+", default=["rte", "mrpc", "stsb", "sick", "sst2"], help="tasks of the reproduction plan")
+    p.add_argument("--seeds", type=nonneg_int, nargs="+", default=[42, 43, 44], help="training seeds per task and strategy")
+    p.add_argument("--runs-dir", default="runs/repro", help="folder holding one checkpoint per run (finished runs are skipped)")
+    p.add_argument("--out", default="results/reproduction", help="output folder for the JSON and PNG results")
+    p.add_argument("--report", default="results/REPRODUCTION.md", help="Markdown report to write")
+    p.add_argument("--model", default=None, help="backbone: Hugging Face name or local folder (default: the packaged all-MiniLM-L6-v2)")
+    p.add_argument("--data-dir", default=None, help="folder with glue/ and sick/ (default: ../shared/data)")
     p.add_argument("--max-train-samples", type=positive_int, default=None, help="for smoke tests only")
     p.add_argument("--limit-task", default=None,
                    help="data set for the Limit runs, one model per layer (default: stsb when it is in --tasks)")
-    p.add_argument("--no-limit", action="store_true")
+    p.add_argument("--no-limit", action="store_true", help="skip the Limit baseline runs")
     p.add_argument("--plan", action="store_true", help="print the runs and their state, train nothing")
     p.add_argument("--report-only", action="store_true", help="analyse the runs that exist, train nothing")
     a = p.parse_args(argv)

@@ -102,12 +102,12 @@ def plot(res: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.scaling")
-    p.add_argument("--artifact", required=True)
-    p.add_argument("--seq-lens", type=positive_int, nargs="+", default=[16, 32, 64, 128, 256, 512])
-    p.add_argument("--repeats", type=positive_int, default=5)
-    p.add_argument("--threads", type=positive_int, default=None)
-    p.add_argument("--out", default="results/scaling")
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.scaling", description=__doc__.split("\n\n")[0])
+    p.add_argument("--artifact", required=True, help="artifact folder written by `python -m export.build`")
+    p.add_argument("--seq-lens", type=positive_int, nargs="+", default=[16, 32, 64, 128, 256, 512], help="sequence lengths to time (synthetic inputs)")
+    p.add_argument("--repeats", type=positive_int, default=5, help="runs of each input per measurement (per-input median)")
+    p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: all cores)")
+    p.add_argument("--out", default="results/scaling", help="output folder for the JSON and PNG results")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     res = run(args.artifact, args.seq_lens, args.repeats, args.threads)

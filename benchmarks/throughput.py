@@ -87,17 +87,17 @@ def plot(res: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.throughput")
-    p.add_argument("--artifact", required=True)
-    p.add_argument("--task", required=True)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 8, 32, 64])
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0])
+    p.add_argument("--artifact", required=True, help="artifact folder written by `python -m export.build`")
+    p.add_argument("--task", required=True, help="task whose dev split is timed (sst2, rte, mrpc, stsb, sick)")
+    p.add_argument("--data-dir", default=None, help="folder with glue/ and sick/ (default: ../shared/data)")
+    p.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 8, 32, 64], help="batch sizes to time")
     p.add_argument("--policy", default=None, help="default: the manifest's (calibrated) default policy")
-    p.add_argument("--threshold", type=finite_float, default=None)
-    p.add_argument("--max-samples", type=positive_int, default=None)
-    p.add_argument("--repeats", type=positive_int, default=3)
-    p.add_argument("--threads", type=positive_int, default=None)
-    p.add_argument("--out", default="results/throughput")
+    p.add_argument("--threshold", type=finite_float, default=None, help="threshold of --policy (with --policy)")
+    p.add_argument("--max-samples", type=positive_int, default=None, help="first N dev rows only (default: all)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="runs of each input per measurement (per-input median)")
+    p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: all cores)")
+    p.add_argument("--out", default="results/throughput", help="output folder for the JSON and PNG results")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if any(b < 1 for b in args.batch_sizes):

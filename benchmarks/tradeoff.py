@@ -226,9 +226,9 @@ def plot(res: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.tradeoff")
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.tradeoff", description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", nargs="+", required=True, help="checkpoint folders of one task")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output folder for the JSON and PNG results")
     a = p.parse_args(argv)
     try:
         res = analyse([Path(r) for r in a.runs])

@@ -115,6 +115,11 @@ def _session(path: Path):
     return make_session(path)
 
 
+def _worst(diffs: list[float]) -> float:
+    """The largest difference, or NaN if any is NaN (max() would skip a NaN that is not first)."""
+    return float("nan") if any(not np.isfinite(d) for d in diffs) else max(diffs)
+
+
 def _maxdiff(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
     if mask is not None:  # hidden states at padded positions are never read: compare real tokens only
         a, b = a[mask.astype(bool)], b[mask.astype(bool)]
@@ -176,16 +181,16 @@ def validate(model: MultiExitModel, tmp: Path, roles: dict, exits: list[int], ba
             h_next = model.layer(i, h_next, ext)
         ref = [h_next.numpy()] + head_ref(x - 1, h_next)
         diffs = [_maxdiff(res[0], ref[0], batch[M.ATTENTION_MASK])] + [_maxdiff(r, e) for r, e in zip(res[1:], ref[1:])]
-        per_graph[role] = max(diffs)
+        per_graph[role] = _worst(diffs)
         # (b) the chain: ONNX hidden states fed forward
         chained = sess.run(None, stage_feeds(role, h_chain))
         h_chain = chained[0]
-        chain_diff = max(chain_diff, *(_maxdiff(r, e) for r, e in zip(chained[1:], ref[1:])))
+        chain_diff = _worst([chain_diff, *(_maxdiff(r, e) for r, e in zip(chained[1:], ref[1:]))])
         h_ref, prev = h_next, x
     if M.MONOLITHIC in roles:
         res = _session(tmp / roles[M.MONOLITHIC]["file"]).run(None, feeds(M.MONOLITHIC, batch))
         per_graph[M.MONOLITHIC] = _maxdiff(res[0], out.logits[exits[-1] - 1].numpy())
-    worst = max(max(per_graph.values()), chain_diff)
+    worst = _worst([*per_graph.values(), chain_diff])
     if not worst <= atol:  # NaN compares False: a model with NaN weights fails here
         bad = {k: v for k, v in per_graph.items() if not v <= atol}
         raise ValidationError(f"exported graphs differ from PyTorch by up to {worst:.2e} (> atol {atol:.0e}): "

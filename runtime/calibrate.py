@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .cli import finite_float, parser, positive_int
 from .datasets import load_split
 from .manifest import ArtifactError, write_manifest
 from .metrics import score
@@ -124,19 +125,21 @@ def _point_json(p: Point) -> dict:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m runtime.calibrate", description="Calibrate the default exit threshold.")
-    p.add_argument("--artifact", required=True)
-    p.add_argument("--task", required=True)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--split", default="dev", choices=["dev", "train"])
+    p = parser("python -m runtime.calibrate", "Calibrate the default exit threshold.")
+    p.add_argument("--artifact", required=True, help="artifact folder whose manifest gets the calibrated default policy")
+    p.add_argument("--task", required=True, help="task whose labelled split calibrates")
+    p.add_argument("--data-dir", default=None, help="folder with glue/ and sick/ (default: ../shared/data)")
+    p.add_argument("--split", default="dev", choices=["dev", "train"], help="split to calibrate on")
     p.add_argument("--policy", default=None, choices=list(SIGNAL_POLICIES),
                    help="default: confidence for classification, lte for regression")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--target-relative-score", type=float, default=None)
-    g.add_argument("--target-avg-layer", type=float, default=None)
+    g.add_argument("--target-relative-score", type=finite_float, default=None,
+                   help="fewest layers whose score >= this share of the full-depth score")
+    g.add_argument("--target-avg-layer", type=finite_float, default=None,
+                   help="best score whose average exit layer <= this")
     p.add_argument("--no-per-layer", action="store_true", help="only a single threshold")
-    p.add_argument("--max-samples", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--max-samples", type=positive_int, default=None, help="first N rows of the split only")
+    p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: all cores)")
     p.add_argument("--dry-run", action="store_true", help="print the result, leave the manifest as it is")
     return p.parse_args(argv)
 

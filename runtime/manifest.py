@@ -253,7 +253,7 @@ def _number(v: Any, where: str) -> float:
 def _file_record(d: Any, where: str, root: Path) -> FileRecord:
     d = _obj(d, where)
     rec = FileRecord(_str(_get(d, "file", where), f"{where}.file"), _sha(_get(d, "sha256", where), f"{where}.sha256"))
-    safe_path(root, rec.file, where)
+    safe_path(root, rec.file, f"manifest.json: {where}")
     return rec
 
 

@@ -120,6 +120,8 @@ def make_session(model: str | os.PathLike | bytes, threads: int | None = None, p
     global _PER_SESSION_ONLY
     if thread_pool not in THREAD_POOLS:
         raise BackendError(f"thread_pool must be one of {', '.join(THREAD_POOLS)}, got {thread_pool!r}")
+    if thread_pool == "shared" and threads is None and _POOL_THREADS is not None:
+        threads = _POOL_THREADS  # no count asked for: join the pool as it is
     threads = threads or default_threads()
     src = model if isinstance(model, bytes) else str(model)
     providers = providers or ["CPUExecutionProvider"]
@@ -127,9 +129,9 @@ def make_session(model: str | os.PathLike | bytes, threads: int | None = None, p
         if threads != _POOL_THREADS:
             log.warning("this process already runs onnxruntime on a shared pool of %d threads; the %d threads asked "
                         "for are not used (onnxruntime allows one way per process).", _POOL_THREADS, threads)
-        thread_pool = "shared"
+        thread_pool, threads = "shared", _POOL_THREADS
     if thread_pool == "shared":
-        if _ensure_shared_pool(threads if _POOL_THREADS is None else _POOL_THREADS):
+        if _ensure_shared_pool(threads):
             try:
                 return ort.InferenceSession(src, sess_options=_options(threads, True, profile_prefix), providers=providers)
             except Exception as e:  # noqa: BLE001 - onnxruntime's own exception types
@@ -194,6 +196,35 @@ class OrtBackend(Backend):
             _check_session(sess, m.graphs[role])
             self.sessions[role] = sess
         self.stages = [self.sessions[r] for r in m.stage_roles]
+        self._smoke()
+
+    def _smoke(self) -> None:
+        """Run every graph once on a 2-token row: what they really output must fit the manifest
+        (a graph whose declared signature lies fails here, at load, not at a user's first call)."""
+        m = self.manifest
+        ws = self.workspace()
+        ids = np.zeros((1, 2), np.int64)
+        try:
+            ws.embed(ids, ids, np.ones_like(ids))
+            for k, role in enumerate(m.stage_roles):
+                o = ws.run_stage(k)
+                if o.logits.shape != (1, m.task.num_outputs) or (o.lte_logit is None) == (M.LTE in m.signals
+                                                                                         and m.head_layout == "logits"):
+                    raise ArtifactError(f"graph '{m.graphs[role].file}' computes outputs of another shape than the "
+                                        f"manifest says ({m.task.num_outputs} labels{', LTE' if M.LTE in m.signals else ''}); "
+                                        f"re-export the artifact.")
+            if self.has_monolithic:
+                o = ws.monolithic(ids, ids, np.ones_like(ids))
+                if o.logits.shape != (1, m.task.num_outputs):
+                    raise ArtifactError(f"graph '{m.graphs[M.MONOLITHIC].file}' computes {o.logits.shape[1:]} logits, "
+                                        f"the manifest says {m.task.num_outputs}; re-export the artifact.")
+        except ArtifactError:
+            raise
+        except Exception as e:  # noqa: BLE001 - onnxruntime's own errors: the graphs do not fit the manifest
+            raise ArtifactError(f"the artifact's graphs do not run as its manifest describes ({type(e).__name__}: "
+                                f"{' '.join(str(e).split())[:300]}); re-export the artifact.") from None
+        finally:
+            ws.close()
 
     @property
     def has_monolithic(self) -> bool:
