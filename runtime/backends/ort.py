@@ -217,6 +217,9 @@ class OrtBackend(Backend):
         self.stages = []
 
 
+_MAX_BINDINGS = 512  # cached IOBindings per workspace (roles x shapes)
+
+
 class _Grow:
     """A flat host buffer that grows to the largest shape asked for; views are contiguous prefixes."""
 
@@ -300,6 +303,8 @@ class OrtWorkspace(Workspace):
         bnd = self._bind_cache.get(key)
         if bnd is not None:
             return bnd
+        if len(self._bind_cache) >= _MAX_BINDINGS:  # a server sees many (batch, seq) shapes: bound the cache
+            self._bind_cache.clear()
         bnd = self.be.sessions[role].io_binding()
         b, s = self.b, self.s
         if role == M.EMBEDDINGS:
