@@ -408,8 +408,13 @@ class Scheduler:
             sel.append(j)
         for job, (loc, sel) in by_job.items():
             job.fill(np.asarray(loc), f, np.asarray(sel))
-            if job.remaining == 0 and self._done(job):
-                _settle(job.future, job.result)
+            if job.remaining == 0:
+                late = job.deadline is not None and time.monotonic() > job.deadline
+                if late:  # answered or 504: never a late answer the client stopped waiting for
+                    self._fail(job, DeadlineExceeded(f"answered {(time.monotonic() - job.arrival) * 1e3:.0f} ms "
+                                                     f"after it arrived, past its deadline"))
+                elif self._done(job):
+                    _settle(job.future, job.result)
 
     def _done(self, job: _Job) -> bool:
         """Count the job as answered (once); False if it already was."""

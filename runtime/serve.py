@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import signal
 import socket
 import sys
 import threading
@@ -330,14 +331,6 @@ def main(argv: list[str] | None = None) -> int:
                           shutdown_timeout_s=args.shutdown_timeout_s)
     except (ArtifactError, ValueError) as e:
         return fail(e)
-    common = dict(log_level=args.log_level, timeout_graceful_shutdown=int(math.ceil(args.shutdown_timeout_s)),
-                  access_log=False, server_header=False)
-    if args.workers > 1:
-        os.environ[CONFIG_ENV] = json.dumps(asdict(cfg))
-        print(f"listening on http://{args.host}:{args.port} ({args.workers} workers)", file=sys.stderr, flush=True)
-        uvicorn.run("runtime.serve:app_from_env", factory=True, host=args.host, port=args.port,
-                    workers=args.workers, **common)
-        return 0
     fam = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(fam, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -346,9 +339,19 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         return fail(f"cannot listen on {args.host}:{args.port} ({e.strerror}); pick another --port")
     host, port = sock.getsockname()[:2]
-    print(f"listening on http://{host}:{port}", file=sys.stderr, flush=True)
-    server = uvicorn.Server(uvicorn.Config(build_app(Service(cfg)), **common))
-    server.run(sockets=[sock])
+    common = dict(log_level=args.log_level, timeout_graceful_shutdown=int(math.ceil(args.shutdown_timeout_s)),
+                  access_log=False, server_header=False)
+    workers = f" ({args.workers} workers, {args.threads} threads each)" if args.workers > 1 else ""
+    print(f"listening on http://{host}:{port}{workers}", file=sys.stderr, flush=True)
+    # uvicorn drains on SIGTERM / SIGINT, then raises the signal again under the handler found at
+    # start: make that one a clean exit (status 0 = shut down as asked, everything answered).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sys.exit(0))
+    if args.workers > 1:  # uvicorn's supervisor starts the workers on this socket, each loads its model
+        os.environ[CONFIG_ENV] = json.dumps(asdict(cfg))
+        uvicorn.run("runtime.serve:app_from_env", factory=True, fd=sock.fileno(), workers=args.workers, **common)
+        return 0
+    uvicorn.Server(uvicorn.Config(build_app(Service(cfg)), **common)).run(sockets=[sock])
     return 0
 
 
