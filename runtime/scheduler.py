@@ -196,6 +196,11 @@ class Scheduler:
         return sum(j.n for j in self._waiting)
 
     @property
+    def alive(self) -> bool:
+        """The scheduler thread runs (False after close)."""
+        return self._thread.is_alive()
+
+    @property
     def open_rows(self) -> int:
         return self._rows_open
 

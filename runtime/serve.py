@@ -79,6 +79,7 @@ class Service:
         self.model = self.scheduler = None
         self.ready = self.closing = False
         self.load_error: str | None = None
+        self.info: dict = {"pid": os.getpid()}  # shown by /healthz (a Ray replica adds its name)
         self._policies: dict[str, object] = {}
         self.metrics.gauges = {
             "berxit_queue_rows": ("Rows waiting for their first batch.", lambda: self.scheduler.queued_rows if self.scheduler else 0),
@@ -216,7 +217,7 @@ def build_app(service: Service, manage: bool = True):
     async def healthz(request):
         if service.load_error is not None:
             return JSONResponse({"status": "failed", "error": service.load_error}, status_code=500)
-        return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "ok", **service.info})
 
     async def readyz(request):
         if service.ready and not service.closing:
