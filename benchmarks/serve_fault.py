@@ -102,7 +102,7 @@ def run_fault(port: int, texts: list[str], expected: dict[str, str], seconds: fl
     return {"replicas": 2, "clients": clients, "seconds": seconds, "killed_pid": victim,
             "killed_at_s": round(killed_at, 2), "requests": sent, "outcomes": dict(outcomes),
             "error_statuses": dict(statuses), "stuck_clients": stuck,
-            "replica_came_back": bool(after - before), "replicas_after": len(after),
+            "replica_came_back": bool(after - before), "new_replica_pids": len(after - before),
             "every_request_accounted": stuck == 0 and outcomes["hang"] == 0}
 
 
