@@ -167,7 +167,9 @@ def test_queue_full_deadline_and_internal_error(sst2_art):
     env = {"BERXIT_TEST_STAGE_DELAY_MS": "300", "BERXIT_TEST_FAIL_LEN": str(n)}
     with Server(sst2_art, "--max-queue-rows", "2", "--max-texts", "2", env=env) as s:
         first = ThreadPoolExecutor(1).submit(s.classify, {"texts": ["a good movie.", "a bad film."]})
-        time.sleep(0.1)
+        t_end = time.monotonic() + 10
+        while s.metrics()["berxit_open_rows"] < 2 and time.monotonic() < t_end:
+            time.sleep(0.01)
         status, headers, out = s.classify({"texts": ["a movie."]})
         assert status == 429 and out["error"]["kind"] == "queue_full" and int(headers["retry-after"]) >= 1
         assert first.result(30)[0] == 200
