@@ -221,7 +221,7 @@ def build_app(service: Service, manage: bool = True):
 
     async def readyz(request):
         if service.ready and not service.closing:
-            return JSONResponse({"status": "ready"})
+            return JSONResponse({"status": "ready", **service.info})
         why = "shutting_down" if service.closing else "not_ready"
         return error(ApiError(why, service.load_error or ("shutting down" if service.closing else "the model is loading")))
 

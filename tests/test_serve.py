@@ -204,6 +204,12 @@ def test_monolithic_mode_and_two_workers(sst2_art, texts):
         ref = m.run_monolithic(m.encode(texts[:3]))
         labels = [m.task.labels[i] for i in ref.logits.argmax(1)]
     with Server(sst2_art, "--mode", "monolithic", "--workers", "2") as s:
+        ready, t_end = set(), time.monotonic() + 90  # each worker loads its own model
+        while len(ready) < 2 and time.monotonic() < t_end:
+            status, body = s.get("/readyz")
+            if status == 200:
+                ready.add(json.loads(body)["pid"])
+        assert len(ready) == 2 and s.proc.pid not in ready
         for _ in range(4):
             status, _, out = s.classify({"texts": texts[:3]})
             assert status == 200 and out["model"]["mode"] == "monolithic"
