@@ -42,6 +42,9 @@ SERVERS = {
     "mono-request": ["-m", "runtime.serve", "--mode", "monolithic", "--batching", "request"],
     "mono-none": ["-m", "runtime.serve", "--mode", "monolithic", "--batching", "none"],
     "plain-1t": ["-m", "runtime.serve", "--batching", "layer", "--threads", "1"],
+    "ee-layer-nospin": ["-m", "runtime.serve", "--batching", "layer", "--thread-pool", "per-session"],
+    "mono-request-nospin": ["-m", "runtime.serve", "--mode", "monolithic", "--batching", "request",
+                            "--thread-pool", "per-session"],
     "ray-1": ["-m", "runtime.serve_ray", "--replicas", "1", "--threads", "1", "--num-cpus", "2"],
     "ray-2": ["-m", "runtime.serve_ray", "--replicas", "2", "--threads", "1", "--num-cpus", "2"],
 }

@@ -43,6 +43,7 @@ class ServeConfig:
     artifact: str
     backend: str = "cpu"
     threads: int | None = None  # intra-op threads of this process's model (None: cores / workers)
+    thread_pool: str = "shared"  # onnxruntime pools: one per process (fastest per call) or per session
     mode: str = "early-exit"
     batching: str = "layer"
     max_batch_rows: int = 32
@@ -96,9 +97,9 @@ class Service:
     def _load(self) -> None:
         from .model import EarlyExitModel
         try:
-            # The server owns its process: one shared onnxruntime pool for all graphs (fastest).
+            # The server owns its process: by default one shared onnxruntime pool for all graphs.
             m = EarlyExitModel(self.cfg.artifact, backend=self.cfg.backend, threads=self.cfg.threads,
-                               thread_pool="shared", load_monolithic=self.cfg.mode == "monolithic")
+                               thread_pool=self.cfg.thread_pool, load_monolithic=self.cfg.mode == "monolithic")
             if self.cfg.mode == "monolithic" and not m.backend.has_monolithic:
                 raise ValueError("this artifact has no monolithic graph; export it again without --no-monolithic")
             self.model = m
@@ -280,6 +281,10 @@ def parse_args(argv: list[str] | None = None):
                         "are split between them (--threads defaults to cores / workers)")
     p.add_argument("--threads", type=positive_int, default=None,
                    help=f"intra-op threads per worker (default: {cores} cores / workers, at least 1)")
+    p.add_argument("--thread-pool", default="shared", choices=["shared", "per-session"],
+                   help="shared: one onnxruntime pool for the process (its threads spin between calls: fastest "
+                        "per call, but the spinning takes CPU from the HTTP side); per-session: pools with "
+                        "spinning off")
     p.add_argument("--backend", default="cpu", choices=list(BACKENDS), help="execution backend (cpu is the measured one)")
     p.add_argument("--mode", default="early-exit", choices=list(MODES),
                    help="early-exit: the per-layer chain; monolithic: the artifact's single graph (the baseline)")
@@ -324,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     from .manifest import load_manifest
     try:
         load_manifest(args.artifact)  # a wrong path fails here, at once, not in a worker
-        cfg = ServeConfig(args.artifact, backend=args.backend, threads=args.threads, mode=args.mode,
+        cfg = ServeConfig(args.artifact, backend=args.backend, threads=args.threads, thread_pool=args.thread_pool,
+                          mode=args.mode,
                           batching=args.batching, max_batch_rows=args.max_batch_rows,
                           max_queue_rows=args.max_queue_rows, max_passes=args.max_passes,
                           batch_wait_ms=args.batch_wait_ms, mix_lengths=args.mix_lengths,
