@@ -3,11 +3,13 @@
 # the Ray fault test and the 10-minute soak. ART: a calibrated SST-2 artifact, e.g.
 #   python -m export.build --checkpoint CKPT --out ART
 #   python -m runtime.calibrate --artifact ART --task sst2 --target-relative-score 0.99
-# Run on a quiet machine, one at a time (about 45 minutes in all).
+# Run on a quiet machine, one at a time (about an hour in all).
 set -euo pipefail
 ART=${1:?usage: scripts/serve_benchmarks.sh ARTIFACT}
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
+python -m benchmarks.scheduler --artifact "$ART" --out results/serve
+python -m benchmarks.scheduler --artifact "$ART" --out results/serve/per_session --thread-pool per-session
 python -m benchmarks.serve --artifact "$ART" --out results/serve
 python -m benchmarks.serve --artifact "$ART" --out results/serve --pin
 python -m benchmarks.serve --artifact "$ART" --out results/serve/ray --servers plain-1t ray-1 ray-2

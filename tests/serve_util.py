@@ -20,8 +20,9 @@ class Server:
 
     def __init__(self, artifact, *args: str, env: dict | None = None, ready_timeout: float = 90.0):
         e = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", **(env or {})}
+        threads = [] if "--threads" in args else ["--threads", "1"]
         self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "serve_boot.py"), "--artifact", str(artifact),
-                                      "--port", "0", "--threads", "1", *args],
+                                      "--port", "0", *threads, *args],
                                      cwd=ROOT, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
         self._port = threading.Event()

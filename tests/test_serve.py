@@ -61,7 +61,7 @@ def test_answers_equal_the_library(server, sst2_art, texts):
 def test_pairs_and_policy_override(rte_art, data_dir):
     dev = load_split("rte", "dev", data_dir)
     pairs = [[a, b] for a, b in zip(dev.text_a[:4], dev.text_b[:4])]
-    with Server(rte_art) as s:
+    with Server(rte_art, "--thread-pool", "per-session", "--threads", "2") as s:
         status, _, out = s.classify({"pairs": pairs, "policy": {"name": "fixed", "exit_layer": 1}})
         assert status == 200 and [r["exit_layer"] for r in out["results"]] == [1] * 4
         assert out["policy"] == "fixed(exit_layer=1)"
