@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/serve/fault.json")
     a = p.parse_args(argv)
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a loopback-only local Ray
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # that sends no usage reports
     import ray
     from ray import serve
 

@@ -34,8 +34,10 @@ LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's processes addre
 
 
 def _ray(local: bool = False):
-    if local and "ray" not in sys.modules:  # a Ray of this machine only: no traffic off loopback
-        os.environ.setdefault(LOOPBACK_ENV, "0")
+    if "ray" not in sys.modules:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports sent anywhere
+        if local:  # a Ray of this machine only: no traffic off loopback
+            os.environ.setdefault(LOOPBACK_ENV, "0")
     try:
         import ray
         from ray import serve

@@ -11,6 +11,7 @@ import pytest
 
 # A single-machine Ray: every Ray process addresses the others over loopback (set before import).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # and sends no usage reports
 
 pytest.importorskip("starlette")
 ray = pytest.importorskip("ray")
