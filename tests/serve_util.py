@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 class Server:
     """`python -m runtime.serve ... --port 0` (through tests/serve_boot.py), ready when constructed."""
 
-    def __init__(self, artifact, *args: str, env: dict | None = None, ready_timeout: float = 90.0):
+    def __init__(self, artifact, *args: str, env: dict | None = None, ready_timeout: float = 90.0,
+                 wait_ready: bool = True):
         e = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", **(env or {})}
         threads = [] if "--threads" in args else ["--threads", "1"]
         self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "serve_boot.py"), "--artifact", str(artifact),
@@ -31,6 +32,8 @@ class Server:
         if not self._port.wait(ready_timeout):
             self.stop()
             raise RuntimeError("server did not start:\n" + "".join(self.lines))
+        if not wait_ready:
+            return
         t_end = time.monotonic() + ready_timeout
         while time.monotonic() < t_end:
             if self.proc.poll() is not None:

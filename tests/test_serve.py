@@ -182,6 +182,26 @@ def test_queue_full_deadline_and_internal_error(sst2_art):
         assert m['berxit_errors_total{kind="queue_full"}'] == 1 and m['berxit_errors_total{kind="deadline_exceeded"}'] == 1
 
 
+def test_not_ready_while_the_model_loads(sst2_art):
+    with Server(sst2_art, env={"BERXIT_TEST_LOAD_DELAY_MS": "3000"}, wait_ready=False) as s:
+        t_end = time.monotonic() + 10
+        while time.monotonic() < t_end:  # the socket listens at once; the model loads meanwhile
+            try:
+                status = s.get("/healthz")[0]
+                break
+            except OSError:
+                time.sleep(0.05)
+        assert status == 200
+        status, body = s.get("/readyz")
+        assert status == 503 and json.loads(body)["error"]["kind"] == "not_ready"
+        status, _, out = s.classify({"texts": ["a good movie."]})
+        assert status == 503 and out["error"]["kind"] == "not_ready"
+        t_end = time.monotonic() + 60
+        while s.get("/readyz")[0] != 200 and time.monotonic() < t_end:
+            time.sleep(0.1)
+        assert s.classify({"texts": ["a good movie."]})[0] == 200
+
+
 def test_graceful_shutdown_answers_what_is_in_flight(sst2_art):
     env = {"BERXIT_TEST_STAGE_DELAY_MS": "150"}
     s = Server(sst2_art, "--batching", "request", env=env)
