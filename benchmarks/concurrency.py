@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from runtime.cli import HelpFormatter, nonneg_int, positive_int
 
 from .timing import environment
 
@@ -25,7 +26,7 @@ def _worker(artifact: str, task: str, data_dir: str | None, clients: list[int], 
     from runtime.datasets import load_split
     from runtime.model import EarlyExitModel
 
-    model = EarlyExitModel(artifact, threads=intra, load_monolithic=False)
+    model = EarlyExitModel(artifact, threads=intra, load_monolithic=False, thread_pool="shared")
     pol = model.policy()
     dev = load_split(task, "dev", data_dir)
     n = min(requests, len(dev))
@@ -47,16 +48,16 @@ def _worker(artifact: str, task: str, data_dir: str | None, clients: list[int], 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.concurrency")
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.concurrency")
     p.add_argument("--artifact", required=True)
     p.add_argument("--task", required=True)
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4])
-    p.add_argument("--intra-op", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--requests", type=int, default=300)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--clients", type=positive_int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--intra-op", type=positive_int, nargs="+", default=[1, 2])
+    p.add_argument("--requests", type=positive_int, default=300)
+    p.add_argument("--rounds", type=positive_int, default=3)
     p.add_argument("--out", default="results/concurrency")
-    p.add_argument("--_worker", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--_worker", type=nonneg_int, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a._worker is not None:
         print(json.dumps(_worker(a.artifact, a.task, a.data_dir, a.clients, a._worker, a.requests, a.rounds)))

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from runtime.cli import HelpFormatter, positive_int
 
 
 def run(latency_json: Path, checkpoint: str | None, data_dir: str | None, repeats: int) -> list[dict]:
@@ -45,6 +46,7 @@ def run(latency_json: Path, checkpoint: str | None, data_dir: str | None, repeat
                       manifest["tokenizer"].get("pad_token_id"))
     dev = load_split(task["name"], "dev", data_dir).head(res["samples"])
     n, L = len(dev), res["num_layers"]
+    exits = list(res.get("exits") or range(1, L + 1))
     rows = [enc.encode([dev.text_a[i]], None if dev.text_b is None else [dev.text_b[i]]) for i in range(n)]
     tens = [tuple(torch.from_numpy(a) for a in (e.input_ids, e.token_type_ids, e.attention_mask)) for e in rows]
 
@@ -55,6 +57,8 @@ def run(latency_json: Path, checkpoint: str | None, data_dir: str | None, repeat
             ext = additive_mask(mask, h.dtype)
             for k in range(exit_layer):
                 h = model.layer(k, h, ext)
+                if k + 1 not in exits:  # no exit head at this layer
+                    continue
                 pooled = model.pool(h, mask)
                 logits = model.head(k, pooled)
                 conf, ent = exit_signals(logits) if model.cfg.kind == "classification" else (None, None)
@@ -72,7 +76,7 @@ def run(latency_json: Path, checkpoint: str | None, data_dir: str | None, repeat
     np_ = lambda t: None if t is None else t.numpy()  # noqa: E731
     per_layer = [LayerOutputs(np.concatenate([np_(o[k][0]) for o in outs]),
                               *(None if outs[0][k][j] is None else np.concatenate([np_(o[k][j]) for o in outs])
-                                for j in (1, 2, 3))) for k in range(L)]
+                                for j in (1, 2, 3))) for k in range(len(exits))]
     signals = [s for s, j in (("confidence", 1), ("entropy", 2), ("lte", 3)) if outs[0][0][j] is not None]
     picks = [("full depth", np.full(n, L), res["full_chain"]["latency_ms_mean"])]
     sweep = res["sweep"]
@@ -81,7 +85,7 @@ def run(latency_json: Path, checkpoint: str | None, data_dir: str | None, repeat
         s = sweep[j]
         pol = make_policy(s["policy"], task_kind=task["kind"], num_layers=L, signals=signals,
                           num_classes=max(len(task["labels"]), 2), threshold=s["threshold"],
-                          per_layer=s.get("per_layer_thresholds"))
+                          per_layer=s.get("per_layer_thresholds"), exits=exits)
         picks.append((pol.describe(), simulate(pol, per_layer, task["kind"]), s["latency_ms_mean"]))
     variants = {str(k): (lambda ex: lambda i: forward(i, int(ex[i])))(ex) for k, (_, ex, _) in enumerate(picks)}
     med = interleaved(variants, n, repeats)
@@ -96,11 +100,11 @@ def run(latency_json: Path, checkpoint: str | None, data_dir: str | None, repeat
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.eager")
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.eager")
     p.add_argument("--latency", required=True, help="latency.json written by benchmarks.latency")
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=positive_int, default=2)
     a = p.parse_args(argv)
     path = Path(a.latency)
     try:

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from runtime.cli import HelpFormatter, positive_int
 
 from .timing import linear_fit
 
@@ -183,15 +184,15 @@ def table(res: dict) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.gpu", description=__doc__.split("\n\n")[0])
     p.add_argument("--backend", default="cuda-graphs", choices=["cuda-graphs"])
     p.add_argument("--config", default="bert-base", help="bert-base | minilm-l6 (random weights)")
     p.add_argument("--checkpoint", default=None, help="time a fine-tuned checkpoint instead of a random config")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--batch-size", type=positive_int, default=1)
+    p.add_argument("--seq-len", type=positive_int, default=128)
     p.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
-    p.add_argument("--repeats", type=int, default=300)
-    p.add_argument("--input-sets", type=int, default=8)
+    p.add_argument("--repeats", type=positive_int, default=300)
+    p.add_argument("--input-sets", type=positive_int, default=8)
     p.add_argument("--no-eager", action="store_true")
     p.add_argument("--out", default="results/gpu")
     return p.parse_args(argv)

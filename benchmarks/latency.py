@@ -31,6 +31,7 @@ from runtime.policies import LayerOutputs, predictions_at_exit, simulate
 from runtime.backends.ort import default_threads
 from runtime.model import EarlyExitModel
 from runtime.tasks import get_task
+from runtime.cli import HelpFormatter, finite_float, positive_int
 
 from .timing import environment, interleaved, linear_fit, percentiles
 
@@ -42,10 +43,12 @@ SWEEP_POLICIES = ("confidence", "entropy", "lte")
 def spread_thresholds(model: EarlyExitModel, per_layer: list[LayerOutputs], policy: str, points: int) -> list[float]:
     """Thresholds whose average exit layers spread over (1, L): from a fine grid of signal
     quantiles, the one closest to each target average exit layer (fixed threshold lists land
-    on 1.0 or L for most models)."""
-    L = len(per_layer)
-    vals = np.concatenate([getattr(o, policy) for o in per_layer[:-1]])
-    grid = np.unique(np.quantile(vals, np.linspace(0, 1, 201)))
+    on 1.0 or L for most models). Each threshold lies midway between two neighbouring observed
+    signal values, so float noise between backends (~1e-7) cannot flip a decision."""
+    L = model.num_layers
+    vals = np.unique(np.concatenate([getattr(o, policy) for o in per_layer[:-1]]))
+    mids = (vals[:-1] + vals[1:]) / 2 if len(vals) > 1 else vals
+    grid = np.unique(np.quantile(mids, np.linspace(0, 1, 201), method="nearest"))
     avg = []
     for t in grid:
         t = float(np.clip(t, 0.0, 1.0)) if policy != "entropy" else float(t)
@@ -58,27 +61,34 @@ def spread_thresholds(model: EarlyExitModel, per_layer: list[LayerOutputs], poli
     return picks
 
 
+def _spread(vals: list[float]) -> dict[str, float]:
+    return {"median": float(np.median(vals)), "min": float(min(vals)), "max": float(max(vals))}
+
+
 def run_benchmark(artifact: str, task_name: str, data_dir: str | None = None, max_samples: int | None = None,
                   repeats: int = 3, threads: int | None = None, policies: list[str] | None = None, points: int = 6,
-                  thresholds: dict[str, list[float]] | None = None) -> dict:
+                  thresholds: dict[str, list[float]] | None = None, passes: int = 3) -> dict:
+    """Setup once, then `passes` independent interleaved timing passes; every ratio is reported as
+    the median over passes (with its range under `spread`)."""
     from runtime.datasets import load_split
 
     threads = threads or default_threads()
-    model = EarlyExitModel(artifact, threads=threads)
+    model = EarlyExitModel(artifact, threads=threads, thread_pool="shared")
     task = get_task(task_name)
     if model.task.name != task.name:
         raise ValueError(f"the artifact was trained for task '{model.task.name}', not '{task.name}'.")
     if not model.manifest.has_monolithic:
         raise ValueError("the artifact has no monolithic graph; re-export without --no-monolithic.")
     dev = load_split(task.name, "dev", data_dir).head(max_samples)
-    L, n = model.num_layers, len(dev)
+    L, n, exits = model.num_layers, len(dev), model.exits
     encs = [model.encode([dev.text_a[i]], None if dev.text_b is None else [dev.text_b[i]]) for i in range(n)]
 
-    # Every layer's outputs for every sample (batch 1, as timed): scores and exit decisions.
+    # Every exit's outputs for every sample (batch 1, as timed): scores and exit decisions.
     rows = [model.layer_outputs(e) for e in encs]
     per_layer = [LayerOutputs(np.concatenate([r[i].logits for r in rows]),
                               *(None if getattr(rows[0][i], s) is None else np.concatenate([getattr(r[i], s) for r in rows])
-                                for s in ("confidence", "entropy", "lte"))) for i in range(L)]
+                                for s in ("confidence", "entropy", "lte"))) for i in range(len(exits))]
+    sc = lambda ex: score(task.metric, predictions_at_exit(per_layer, ex, model.exits), dev.labels, task.kind)  # noqa: E731
     full_score = score(task.metric, per_layer[-1].logits, dev.labels, task.kind)
 
     sweep_cfg = []
@@ -88,16 +98,15 @@ def run_benchmark(artifact: str, task_name: str, data_dir: str | None = None, ma
         for t in (thresholds or {}).get(p) or spread_thresholds(model, per_layer, p, points):
             pol = model.policy(p, threshold=t)
             sweep_cfg.append((pol, simulate(pol, per_layer, task.kind)))
-    default = model.manifest.default_policy
-    if default.get("calibration") and isinstance(default["calibration"], dict):  # written by runtime.calibrate
+    calibrated_index = None
+    if isinstance(model.manifest.default_policy.get("calibration"), dict):  # written by runtime.calibrate
         pol = model.policy()
         sweep_cfg.append((pol, simulate(pol, per_layer, task.kind)))
-    calibrated_index = len(sweep_cfg) - 1 if default.get("calibration") and isinstance(default["calibration"], dict) else None
+        calibrated_index = len(sweep_cfg) - 1
 
     variants = {"monolithic": lambda i: model.run_monolithic(encs[i])}
-    forced = {k: model.policy("fixed", exit_layer=k) for k in range(1, L + 1)}
-    for k, pol in forced.items():
-        variants[f"forced_{k}"] = (lambda pol: lambda i: model.run(encs[i], pol))(pol)
+    for k in exits:
+        variants[f"forced_{k}"] = (lambda pol: lambda i: model.run(encs[i], pol))(model.policy("fixed", exit_layer=k))
     for j, (pol, _) in enumerate(sweep_cfg):
         variants[f"sweep_{j}"] = (lambda pol: lambda i: model.run(encs[i], pol))(pol)
 
@@ -107,40 +116,52 @@ def run_benchmark(artifact: str, task_name: str, data_dir: str | None = None, ma
         got = np.array([model.run(encs[i], pol).exit_layer[0] for i in range(n)])
         mismatches += int(np.sum(got != ex))
 
-    total = repeats * n
-    step = max(1, total // 20)
-    med = interleaved(variants, n, repeats, progress=lambda d, t: (d % step == 0) and log.info("timed %d/%d", d, t))
-
-    full = med[f"forced_{L}"].mean()
-    mono = med["monolithic"].mean()
+    meds = []
+    for p in range(passes):
+        total, step = repeats * n, max(1, repeats * n // 10)
+        meds.append(interleaved(variants, n, repeats, seed=p,
+                                progress=lambda d, t, p=p: (d % step == 0) and log.info("pass %d: timed %d/%d", p + 1, d, t)))
+    mean = lambda name: [float(m[name].mean()) for m in meds]  # noqa: E731 - per pass
+    mono, full = mean("monolithic"), mean(f"forced_{L}")
+    pooled = {k: np.median(np.stack([m[k] for m in meds]), axis=0) for k in variants}  # per-sample median over passes
+    overhead = [f / m for f, m in zip(full, mono)]
     result = {
-        "task": task.name, "metric": task.metric, "samples": n, "repeats": repeats, "batch_size": 1,
-        "num_layers": L, "artifact": str(Path(artifact).resolve()),
-        "seq_len_mean": float(np.mean([e.shape[1] for e in encs])),
+        "task": task.name, "metric": task.metric, "samples": n, "repeats": repeats, "passes": passes, "batch_size": 1,
+        "num_layers": L, "exits": list(exits), "head_layout": model.manifest.head_layout,
+        "artifact": str(Path(artifact).resolve()), "seq_len_mean": float(np.mean([e.shape[1] for e in encs])),
         "full_depth_score": full_score,
-        "monolithic": percentiles(med["monolithic"]),
-        "full_chain": percentiles(med[f"forced_{L}"]),
-        "chain_overhead": float(full / mono),
-        "chain_overhead_median_per_sample": float(np.median(med[f"forced_{L}"] / med["monolithic"])),
-        "decision_mismatches": mismatches,
+        "monolithic": percentiles(pooled["monolithic"]), "full_chain": percentiles(pooled[f"forced_{L}"]),
+        "chain_overhead": float(np.median(overhead)), "spread": {"chain_overhead": _spread(overhead)},
+        "chain_overhead_per_pass": overhead, "decision_mismatches": mismatches,
     }
-    fk = [{"exit_layer": k, **percentiles(med[f"forced_{k}"]), "score": score(task.metric, per_layer[k - 1].logits, dev.labels, task.kind)}
-          for k in range(1, L + 1)]
-    result["forced_exit"] = {"per_layer": fk, "fit_mean_ms": linear_fit(np.arange(1, L + 1), [r["latency_ms_mean"] for r in fk]),
+    fk = [{"exit_layer": k, **percentiles(pooled[f"forced_{k}"]), "latency_ms_mean_per_pass": mean(f"forced_{k}"),
+           "score": score(task.metric, per_layer[j].logits, dev.labels, task.kind)} for j, k in enumerate(exits)]
+    fits = [linear_fit(np.asarray(exits), [r["latency_ms_mean_per_pass"][p] for r in fk]) for p in range(passes)] \
+        if len(exits) > 1 else []
+    result["forced_exit"] = {"per_layer": fk,
+                             "fit_mean_ms": sorted(fits, key=lambda f: f["slope_ms_per_layer"])[len(fits) // 2] if fits else None,
+                             "fit_slope_ms_per_layer": _spread([f["slope_ms_per_layer"] for f in fits]) if fits else None,
                              "time1_over_timeL": fk[0]["latency_ms_mean"] / fk[-1]["latency_ms_mean"]}
     sweep = []
     for j, (pol, ex) in enumerate(sweep_cfg):
-        t = med[f"sweep_{j}"]
+        t = mean(f"sweep_{j}")
         avg = float(ex.mean())
-        sc = score(task.metric, predictions_at_exit(per_layer, ex), dev.labels, task.kind)
-        sp_full = float(full / t.mean())
+        s_ = sc(ex)
+        sp_full = [f / x for f, x in zip(full, t)]
+        sp_mono = [m / x for m, x in zip(mono, t)]
         est = L / avg
+        real = [x / est for x in sp_full]
         sweep.append({"policy": pol.name, "threshold": pol.threshold, "calibrated_default": j == calibrated_index,
-                      **({"per_layer_thresholds": list(pol.per_layer)} if pol.per_layer else {}), "score": sc,
-                      "relative_score": sc / full_score if full_score else None, "avg_exit_layer": avg,
-                      **percentiles(t), "speedup_vs_full_chain": sp_full, "speedup_vs_monolithic": float(mono / t.mean()),
-                      "layer_estimate": est, "realization": sp_full / est})
+                      **({"per_layer_thresholds": list(pol.per_layer)} if pol.per_layer else {}), "score": s_,
+                      "relative_score": s_ / full_score if full_score else None, "avg_exit_layer": avg,
+                      **percentiles(pooled[f"sweep_{j}"]), "speedup_vs_full_chain": float(np.median(sp_full)),
+                      "speedup_vs_monolithic": float(np.median(sp_mono)), "layer_estimate": est,
+                      "realization": float(np.median(real)),
+                      "spread": {"speedup_vs_full_chain": _spread(sp_full), "speedup_vs_monolithic": _spread(sp_mono),
+                                 "realization": _spread(real)}})
     result["sweep"] = sweep
+    if sweep:
+        result["spread"]["realization_min_over_sweep"] = _spread([min(r["spread"]["realization"]["median"] for r in sweep)])
     result["eager"] = []  # filled by benchmarks.eager in a process of its own (see there)
     result["env"] = environment(threads)
     return result
@@ -165,10 +186,11 @@ def plot(result: dict, path: Path) -> None:
     ax[1].set(xlabel="layer estimate L / avg exit layer", ylabel="measured speed-up vs full chain",
               title="measured vs estimated speed-up")
     f = result["forced_exit"]["fit_mean_ms"]
-    ks = np.arange(1, L + 1)
+    ks = np.asarray([r["exit_layer"] for r in fk])
     ax[2].plot(ks, [r["latency_ms_mean"] for r in fk], "o", label="forced exit (mean)")
-    ax[2].plot(ks, f["intercept_ms"] + f["slope_ms_per_layer"] * ks, "-",
-               label=f"fit {f['intercept_ms']:.2f} + {f['slope_ms_per_layer']:.2f} k ms (r2 {f['r2']:.4f})")
+    if f is not None:
+        ax[2].plot(ks, f["intercept_ms"] + f["slope_ms_per_layer"] * ks, "-",
+                   label=f"fit {f['intercept_ms']:.2f} + {f['slope_ms_per_layer']:.2f} k ms (r2 {f['r2']:.4f})")
     ax[2].axhline(result["monolithic"]["latency_ms_mean"], color="gray", ls="--", label="monolithic (mean)")
     ax[2].set(xlabel="exit layer k", ylabel="latency (ms)", title=f"batch 1, chain overhead {result['chain_overhead']:.3f}")
     for a in ax:
@@ -182,18 +204,20 @@ def plot(result: dict, path: Path) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.latency", description="Measure early-exit latency (batch 1).")
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.latency", description="Measure early-exit latency (batch 1).")
     p.add_argument("--artifact", required=True)
     p.add_argument("--task", required=True)
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--max-samples", type=int, default=None)
-    p.add_argument("--repeats", type=int, default=3, help="timed passes over the samples (per-sample median)")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--max-samples", type=positive_int, default=None)
+    p.add_argument("--repeats", type=positive_int, default=3, help="runs of each sample per pass (per-sample median)")
+    p.add_argument("--passes", type=positive_int, default=3,
+                   help="independent timing passes; ratios are reported as their median (and range)")
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--checkpoint", default=None, help="for the eager comparison (default: the manifest's source)")
     p.add_argument("--no-eager", action="store_true")
     p.add_argument("--policies", nargs="+", default=None, choices=list(SWEEP_POLICIES))
-    p.add_argument("--points", type=int, default=6, help="thresholds per policy, spread over average exit layers")
-    p.add_argument("--thresholds", type=float, nargs="+", default=None,
+    p.add_argument("--points", type=positive_int, default=6, help="thresholds per policy, spread over average exit layers")
+    p.add_argument("--thresholds", type=finite_float, nargs="+", default=None,
                    help="explicit thresholds (instead of spread ones) for the policies given")
     p.add_argument("--out", default="results/latency")
     return p.parse_args(argv)
@@ -214,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         res = run_benchmark(args.artifact, args.task, args.data_dir, args.max_samples, args.repeats, args.threads,
                             args.policies, args.points,
-                            {p: args.thresholds for p in (args.policies or SWEEP_POLICIES)} if args.thresholds else None)
+                            {p: args.thresholds for p in (args.policies or SWEEP_POLICIES)} if args.thresholds else None,
+                            passes=args.passes)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,34 +1,37 @@
-"""`python -m benchmarks.overhead --artifact ART [--seq-lens 32 128] [--repeats 300] [--out results/overhead]`
+"""`python -m benchmarks.overhead --artifact ART [--task sst2 | --seq-len 128] [--passes 3] [--compare NAME=ART ...]`
 
-Where the chain's overhead over the monolithic graph goes, at batch 1, all variants interleaved in
-one process on the runtime's sessions (shared thread pool and arena, IOBinding):
+What the split into per-stage graphs costs at batch 1, and where it goes. Every variant runs
+interleaved, input by input, in one process (timing.interleaved), in `--passes` independent
+passes; each ratio is reported as the median over passes with its range.
 
-  monolithic   the one-graph reference (embeddings, all layers, the last head)
-  chain        embeddings + every layer graph as the runtime runs them (each with its exit head)
-  chain_bare   the same layer graphs with the exit head cut off (only `hidden_states_out` kept):
-               what chaining costs without computing exit signals
-  embeddings   the embeddings graph alone
-  layer        one middle layer graph, with and without its head
+  monolithic   the one-graph reference, through the runtime (IOBinding)
+  chain        every stage, as the runtime runs it (the loop: decisions, checks) -- exit at the last
+  raw_chain    the same sessions and buffers run back to back, no Python loop between them
+  raw_bare     raw_chain with every exit head cut off (stages output hidden states only)
+  exit_k       the runtime exiting at exit layer k (a linear fit a + b k over k)
+  calibrated   the runtime at the artifact's calibrated default policy (if it has one)
+  NAME         --compare: another artifact's full chain (another head layout, exit set, ...)
 
-so chain_overhead = chain / monolithic splits into the cost of graph boundaries (chain_bare /
-monolithic) and the cost of the exit heads ((chain - chain_bare) / monolithic). With --profile it
-also writes onnxruntime's per-node profile of one layer graph and of the monolithic graph
-(kernel time by operator type), the evidence for where the time is spent.
+so chain / monolithic = 1 + boundaries (raw_bare / monolithic - 1) + exit heads
+((raw_chain - raw_bare) / monolithic) + the Python loop ((chain - raw_chain) / monolithic).
+`--profile` adds onnxruntime's per-operator profile of a middle stage and of the monolithic
+graph (benchmarks/op_profile.py).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from .timing import environment, interleaved, write_result
+from runtime.cli import HelpFormatter, fail, positive_int
+
+from .timing import environment, interleaved, linear_fit, write_result
 
 
 def strip_head(path: Path) -> bytes:
-    """The layer graph with only `hidden_states_out` as output (the head's nodes removed)."""
+    """The stage graph with only `hidden_states_out` as output (the head's nodes removed)."""
     import onnx
     m = onnx.load(str(path))
     need, keep = {"hidden_states_out"}, []
@@ -41,130 +44,185 @@ def strip_head(path: Path) -> bytes:
     outs = [o for o in m.graph.output if o.name == "hidden_states_out"]
     del m.graph.output[:]
     m.graph.output.extend(outs)
+    used = {i for n in m.graph.node for i in n.input}
+    ins = [i for i in m.graph.input if i.name in used or i.name == "hidden_states"]
+    del m.graph.input[:]
+    m.graph.input.extend(ins)
     return m.SerializeToString()
 
 
-def _bind(sess, ins: dict, outs: dict):
-    b = sess.io_binding()
-    for k, a in ins.items():
-        b.bind_input(k, "cpu", 0, a.dtype, list(a.shape), a.ctypes.data)
-    for k, a in outs.items():
-        b.bind_output(k, "cpu", 0, a.dtype, list(a.shape), a.ctypes.data)
-    return b
+class _Raw:
+    """The artifact's sessions bound to fixed buffers for one input, run back to back."""
+
+    def __init__(self, model, enc, bare: bool):
+        from runtime import manifest as M
+        from runtime.backends.ort import make_session
+        m, be = model.manifest, model.backend
+        b, s = enc.shape
+        hid = [np.zeros((b, s, m.hidden_size), np.float32) for _ in range(2)]
+        mask = np.ascontiguousarray(enc.attention_mask)
+        mf = mask.astype(np.float32)
+        pool_w = np.ascontiguousarray((mf / mf.sum(axis=1, keepdims=True))[:, None, :])
+        ins = {M.INPUT_IDS: np.ascontiguousarray(enc.input_ids), M.TOKEN_TYPE_IDS: np.ascontiguousarray(enc.token_type_ids)}
+        self.runs = []
+        emb = be.sessions[M.EMBEDDINGS]
+        self.runs.append((emb, self._bind(emb, {k: ins[k] for k in m.graphs[M.EMBEDDINGS].inputs},
+                                          {M.HIDDEN_IN: hid[0]})))
+        self._keep = [hid, mask, pool_w, ins]
+        for j, role in enumerate(m.stage_roles):
+            g = m.graphs[role]
+            if bare:
+                sess = make_session(strip_head(m.path(g.file)), model.threads, thread_pool=be.thread_pool)
+                names = [i.name for i in sess.get_inputs()]
+            else:
+                sess, names = be.sessions[role], list(g.inputs)
+            feeds = {M.HIDDEN_IN: hid[j % 2], M.ATTENTION_MASK: mask, M.POOL_WEIGHTS: pool_w}
+            outs = {M.HIDDEN_OUT: hid[(j + 1) % 2]}
+            if not bare:
+                for name, spec in g.outputs.items():
+                    if name != M.HIDDEN_OUT:
+                        shape = [b if d == "batch" else d for d in spec.shape]
+                        a = np.zeros(shape, np.float32)
+                        self._keep.append(a)
+                        outs[name] = a
+            self.runs.append((sess, self._bind(sess, {k: feeds[k] for k in names}, outs)))
+
+    @staticmethod
+    def _bind(sess, ins: dict, outs: dict):
+        b = sess.io_binding()
+        for k, a in ins.items():
+            b.bind_input(k, "cpu", 0, a.dtype, list(a.shape), a.ctypes.data)
+        for k, a in outs.items():
+            b.bind_output(k, "cpu", 0, a.dtype, list(a.shape), a.ctypes.data)
+        return b
+
+    def __call__(self) -> None:
+        for sess, b in self.runs:
+            sess.run_with_iobinding(b)
 
 
-def measure(artifact: Path, seq: int, repeats: int, threads: int) -> dict:
-    from runtime import load_manifest
-    from runtime.manifest import layer_role
-    from runtime.backends.ort import make_session
-
-    m = load_manifest(artifact)
-    L, H, C = m.num_layers, m.hidden_size, m.task.num_outputs
-    emb_inputs = m.graphs["embeddings"].inputs
+def inputs(model, task: str | None, data_dir: str | None, max_samples: int | None, seq_len: int | None) -> tuple[list, str]:
+    """Batch-1 encoded inputs: a task's dev rows, or 4 synthetic rows of `seq_len` tokens."""
+    from runtime.tokenize import Encoded
+    if task is not None:
+        from runtime.datasets import load_split
+        dev = load_split(task, "dev", data_dir).head(max_samples)
+        return [model.encode([dev.text_a[i]], None if dev.text_b is None else [dev.text_b[i]]) for i in range(len(dev))], \
+            f"{task} dev ({len(dev)} rows)"
     rng = np.random.default_rng(0)
-    ids = rng.integers(5, min(5000, m.backbone.vocab_size), (1, seq)).astype(np.int64)
-    tt, mask = np.zeros_like(ids), np.ones_like(ids)
-    hid = np.zeros((2, 1, seq, H), np.float32)
-    small = {"logits": np.zeros((1, C), np.float32), **{s: np.zeros(1, np.float32) for s in m.signals}}
-    emb_in = {"input_ids": ids, **({"token_type_ids": tt} if "token_type_ids" in emb_inputs else {})}
-    emb = make_session(m.path(m.graphs["embeddings"].file), threads)
-    layers = [make_session(m.path(m.graphs[layer_role(i)].file), threads) for i in range(1, L + 1)]
-    bare = [make_session(strip_head(m.path(m.graphs[layer_role(i)].file)), threads) for i in range(1, L + 1)]
-    mono = make_session(m.path(m.graphs["monolithic"].file), threads)
-    be = _bind(emb, emb_in, {"hidden_states": hid[0]})
-    bl = [_bind(s, {"hidden_states": hid[i % 2], "attention_mask": mask}, {"hidden_states_out": hid[(i + 1) % 2], **small})
-          for i, s in enumerate(layers)]
-    bb = [_bind(s, {"hidden_states": hid[i % 2], "attention_mask": mask}, {"hidden_states_out": hid[(i + 1) % 2]})
-          for i, s in enumerate(bare)]
-    bm = _bind(mono, {**emb_in, "attention_mask": mask}, small)
-    mid = L // 2
-
-    def chain(_):
-        emb.run_with_iobinding(be)
-        for s, b in zip(layers, bl):
-            s.run_with_iobinding(b)
-
-    def chain_bare(_):
-        emb.run_with_iobinding(be)
-        for s, b in zip(bare, bb):
-            s.run_with_iobinding(b)
-
-    variants = {"monolithic": lambda _: mono.run_with_iobinding(bm), "chain": chain, "chain_bare": chain_bare,
-                "embeddings": lambda _: emb.run_with_iobinding(be),
-                "layer": lambda _: layers[mid].run_with_iobinding(bl[mid]),
-                "layer_bare": lambda _: bare[mid].run_with_iobinding(bb[mid])}
-    t = interleaved(variants, n_items=repeats, repeats=1, warmup=3)
-    med = {k: float(np.median(v)) for k, v in t.items()}
-    mono_ms = med["monolithic"]
-    return {"seq_len": seq, "median_ms": med,
-            "chain_overhead": med["chain"] / mono_ms,
-            "boundaries_overhead": med["chain_bare"] / mono_ms,
-            "heads_share": (med["chain"] - med["chain_bare"]) / mono_ms,
-            "head_us_per_layer": 1e3 * (med["chain"] - med["chain_bare"]) / L,
-            "head_us_one_layer_alone": 1e3 * (med["layer"] - med["layer_bare"]),
-            "embeddings_share": med["embeddings"] / mono_ms}
+    s = min(seq_len, model.manifest.max_seq_len)
+    encs = []
+    for _ in range(4):
+        ids = rng.integers(1000, min(20000, model.manifest.backbone.vocab_size), (1, s)).astype(np.int64)
+        encs.append(Encoded(ids, np.zeros_like(ids), np.ones_like(ids), np.zeros(1, bool)))
+    return encs, f"synthetic, {s} tokens"
 
 
-def profile(artifact: Path, seq: int, runs: int = 200) -> dict:
-    """onnxruntime's per-node profile: kernel microseconds by operator type (median per run)."""
-    import collections
-
-    from runtime import load_manifest
-    from runtime.backends.ort import default_threads, make_session
-    from runtime.manifest import layer_role
-    m = load_manifest(artifact)
-    threads = default_threads()
-    rng = np.random.default_rng(0)
-    ids = rng.integers(5, min(5000, m.backbone.vocab_size), (1, seq)).astype(np.int64)
-    feeds_mono = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-    if "token_type_ids" in m.graphs["embeddings"].inputs:
-        feeds_mono["token_type_ids"] = np.zeros_like(ids)
-    feeds_layer = {"hidden_states": rng.standard_normal((1, seq, m.hidden_size)).astype(np.float32),
-                   "attention_mask": np.ones_like(ids)}
-    out = {}
-    for role, feeds in ((layer_role(m.num_layers // 2), feeds_layer), ("monolithic", feeds_mono)):
-        s = make_session(m.path(m.graphs[role].file), threads, profile_prefix=f"/tmp/berxit_profile_{role}")
-        for _ in range(runs):
-            s.run(None, feeds)
-        prof = Path(s.end_profiling())
-        per_node = collections.defaultdict(list)
-        op_of = {}
-        for e in json.loads(prof.read_text()):
-            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-                per_node[e["name"]].append(e["dur"])
-                op_of[e["name"]] = e["args"]["op_name"]
-        prof.unlink(missing_ok=True)
-        by_op = collections.Counter()
-        for node, d in per_node.items():
-            by_op[op_of[node]] += float(np.median(d))
-        out[role] = {"kernel_us_by_op": dict(by_op.most_common()), "kernel_us_total": float(sum(by_op.values())),
-                     "nodes": len(per_node)}
+def measure(artifact: str, encs: list, passes: int, repeats: int, threads: int, thread_pool: str,
+            compare: dict[str, str]) -> dict:
+    from runtime import EarlyExitModel
+    model = EarlyExitModel(artifact, threads=threads, thread_pool=thread_pool)
+    others = {k: EarlyExitModel(v, threads=threads, thread_pool=thread_pool, load_monolithic=False)
+              for k, v in compare.items()}
+    L, exits = model.num_layers, model.exits
+    n = len(encs)
+    raw = [_Raw(model, e, bare=False) for e in encs]
+    bare = [_Raw(model, e, bare=True) for e in encs]
+    full = model.policy("fixed", exit_layer=L)
+    v = {"monolithic": lambda i: model.run_monolithic(encs[i]), "chain": lambda i: model.run(encs[i], full),
+         "raw_chain": lambda i: raw[i](), "raw_bare": lambda i: bare[i]()}
+    for x in exits[:-1]:
+        v[f"exit_{x}"] = (lambda p: lambda i: model.run(encs[i], p))(model.policy("fixed", exit_layer=x))
+    cal = model.manifest.default_policy.get("calibration")
+    if isinstance(cal, dict):
+        pol = model.policy()
+        v["calibrated"] = lambda i: model.run(encs[i], pol)
+        avg_exit = float(np.mean([model.run(e, pol).exit_layer[0] for e in encs]))
+    for name, om in others.items():
+        v[name] = (lambda om: lambda i: om.run(encs[i], om.policy("fixed", exit_layer=om.num_layers)))(om)
+    per_pass = []
+    for p in range(passes):
+        med = interleaved(v, n, repeats, seed=p)
+        mean = {k: float(t.mean()) for k, t in med.items()}
+        mono = mean["monolithic"]
+        r = {"ms_mean": mean, "chain_overhead": mean["chain"] / mono,
+             "boundaries": mean["raw_bare"] / mono - 1, "exit_heads": (mean["raw_chain"] - mean["raw_bare"]) / mono,
+             "python_loop": (mean["chain"] - mean["raw_chain"]) / mono,
+             **{f"{k}_over_monolithic": mean[k] / mono for k in others}}
+        ks = [x for x in exits[:-1]] + [L]
+        ts = [mean[f"exit_{x}"] for x in exits[:-1]] + [mean["chain"]]
+        if len(ks) > 1:
+            r["exit_fit"] = linear_fit(ks, ts)
+            r["exit_cost_per_layer_over_monolithic_share"] = r["exit_fit"]["slope_ms_per_layer"] / (mono / L)
+        if "calibrated" in mean:
+            r["calibrated_speedup_vs_monolithic"] = mono / mean["calibrated"]
+            r["calibrated_realization"] = (mean["chain"] / mean["calibrated"]) / (L / avg_exit)
+        per_pass.append(r)
+    keys = [k for k, val in per_pass[0].items() if isinstance(val, float)]
+    summary = {k: {"median": float(np.median([r[k] for r in per_pass])), "min": float(min(r[k] for r in per_pass)),
+                   "max": float(max(r[k] for r in per_pass))} for k in keys}
+    out = {"num_layers": L, "exits": list(exits), "head_layout": model.manifest.head_layout, "inputs": n,
+           "seq_len_mean": float(np.mean([e.shape[1] for e in encs])), "summary": summary, "passes": per_pass}
+    if "calibrated" in v:
+        out["calibrated_policy"] = model.policy().describe()
+        out["calibrated_avg_exit_layer"] = avg_exit
+    for om in [model, *others.values()]:
+        om.close()
     return out
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.split("\n\n")[0])
-    p.add_argument("--artifact", required=True)
-    p.add_argument("--seq-lens", type=int, nargs="+", default=[32, 128])
-    p.add_argument("--repeats", type=int, default=300)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--profile", action="store_true", help="also write onnxruntime's per-operator profile")
-    p.add_argument("--out", default="results/overhead")
+def parse_args(argv):
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.overhead",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--artifact", required=True, help="artifact folder (with a monolithic graph)")
+    p.add_argument("--task", default=None, help="time on this task's dev rows (else synthetic inputs of --seq-len)")
+    p.add_argument("--data-dir", default=None, help="folder with glue/ and sick/ (default: ../shared/data)")
+    p.add_argument("--max-samples", type=positive_int, default=None, help="first N dev rows only")
+    p.add_argument("--seq-len", type=positive_int, default=128, help="tokens of the synthetic inputs (without --task)")
+    p.add_argument("--passes", type=positive_int, default=3, help="independent timing passes (medians are reported)")
+    p.add_argument("--repeats", type=positive_int, default=None,
+                   help="runs of each input per pass (default: 3 with --task, 100 with synthetic inputs)")
+    p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: all cores)")
+    p.add_argument("--thread-pool", default="shared", choices=["shared", "per-session"],
+                   help="onnxruntime threading (runtime.backends.ort)")
+    p.add_argument("--compare", nargs="+", default=[], metavar="NAME=ART",
+                   help="other artifacts of the same model whose full chain is timed in the same passes")
+    p.add_argument("--profile", action="store_true", help="also record onnxruntime's per-operator profile")
+    p.add_argument("--name", default="overhead", help="result file name (OUT/NAME.json)")
+    p.add_argument("--out", default="results/overhead", help="output folder")
     a = p.parse_args(argv)
+    for c in a.compare:
+        if "=" not in c:
+            p.error(f"--compare takes NAME=ART, got {c!r}")
+    return a
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    from runtime import ArtifactError, EarlyExitModel, InputError, PolicyError
     from runtime.backends.ort import default_threads
     threads = a.threads or default_threads()
     try:
-        rows = [measure(Path(a.artifact), s, a.repeats, threads) for s in a.seq_lens]
-        prof = {str(s): profile(Path(a.artifact), s) for s in a.seq_lens} if a.profile else None
-    except Exception as e:  # noqa: BLE001 - artifact errors carry their own message
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    res = {"artifact": str(a.artifact), "rows": rows, "profile": prof, "env": environment(threads)}
-    write_result(a.out, "overhead.json", res, "benchmarks.overhead", argv)
-    print(f"{'seq':>4} {'chain/mono':>10} {'bare/mono':>10} {'heads':>7} {'head us/layer':>14} {'emb share':>9}")
-    for r in rows:
-        print(f"{r['seq_len']:4d} {r['chain_overhead']:10.3f} {r['boundaries_overhead']:10.3f} {r['heads_share']:7.3f} "
-              f"{r['head_us_per_layer']:14.1f} {r['embeddings_share']:9.3f}")
+        probe = EarlyExitModel(a.artifact, threads=threads, thread_pool=a.thread_pool, load_monolithic=False)
+        if not probe.manifest.has_monolithic:
+            raise ArtifactError("this artifact has no monolithic graph; re-export without --no-monolithic.")
+        encs, what = inputs(probe, a.task, a.data_dir, a.max_samples, a.seq_len)
+        probe.close()
+        repeats = a.repeats or (3 if a.task else 100)
+        res = measure(a.artifact, encs, a.passes, repeats, threads, a.thread_pool, dict(c.split("=", 1) for c in a.compare))
+        if a.profile:
+            from .op_profile import profile
+            res["profile"] = profile(Path(a.artifact), encs[len(encs) // 2], threads)
+    except (ArtifactError, PolicyError, InputError, ValueError, FileNotFoundError) as e:
+        return fail(e)
+    res.update({"artifact": str(Path(a.artifact).resolve()), "inputs_desc": what, "repeats": repeats,
+                "thread_pool": a.thread_pool, "env": environment(threads)})
+    path = write_result(a.out, f"{a.name}.json", res, "benchmarks.overhead", argv)
+    s = res["summary"]
+    print(f"{what}, {a.passes} passes (median [min, max]):")
+    for k, val in s.items():
+        print(f"  {k:44s} {val['median']:8.4f}  [{val['min']:.4f}, {val['max']:.4f}]")
+    print(f"wrote {path}")
     return 0
 
 

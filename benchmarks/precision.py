@@ -17,6 +17,7 @@ from runtime.metrics import score
 from runtime.backends.ort import default_threads
 from runtime.model import EarlyExitModel
 from runtime.tasks import get_task
+from runtime.cli import HelpFormatter, positive_int
 
 from .timing import environment, interleaved, percentiles, write_result
 
@@ -29,7 +30,7 @@ def run(artifacts: list[str], task_name: str, data_dir: str | None, max_samples:
     n = len(dev)
     models, variants, info = [], {}, []
     for k, art in enumerate(artifacts):
-        m = EarlyExitModel(art, threads=threads)
+        m = EarlyExitModel(art, threads=threads, thread_pool="shared")
         if m.task.name != task.name:
             raise ValueError(f"artifact '{art}' was trained for task '{m.task.name}', not '{task.name}'.")
         encs = [m.encode([dev.text_a[i]], None if dev.text_b is None else [dev.text_b[i]]) for i in range(n)]
@@ -58,13 +59,13 @@ def run(artifacts: list[str], task_name: str, data_dir: str | None, max_samples:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.precision")
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.precision")
     p.add_argument("--artifacts", nargs="+", required=True)
     p.add_argument("--task", required=True)
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--max-samples", type=int, default=None)
-    p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--max-samples", type=positive_int, default=None)
+    p.add_argument("--repeats", type=positive_int, default=2)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--out", default="results/precision")
     a = p.parse_args(argv)
     try:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from runtime.cli import HelpFormatter, nonneg_int, positive_int
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -324,15 +325,15 @@ def findings(out: Path, report: Path, command: str, settings: str) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.reproduce")
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.reproduce")
     p.add_argument("--tasks", nargs="+", default=["rte", "mrpc", "stsb", "sick", "sst2"])
-    p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    p.add_argument("--seeds", type=nonneg_int, nargs="+", default=[42, 43, 44])
     p.add_argument("--runs-dir", default="runs/repro")
     p.add_argument("--out", default="results/reproduction")
     p.add_argument("--report", default="results/REPRODUCTION.md")
     p.add_argument("--model", default=None)
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--max-train-samples", type=int, default=None, help="for smoke tests only")
+    p.add_argument("--max-train-samples", type=positive_int, default=None, help="for smoke tests only")
     p.add_argument("--limit-task", default=None,
                    help="data set for the Limit runs, one model per layer (default: stsb when it is in --tasks)")
     p.add_argument("--no-limit", action="store_true")

@@ -20,6 +20,7 @@ import numpy as np
 from runtime.backends.ort import default_threads
 from runtime.model import EarlyExitModel
 from runtime.tokenize import Encoded
+from runtime.cli import HelpFormatter, positive_int
 
 from .timing import environment, interleaved, percentiles, save_figure, write_result
 
@@ -43,7 +44,7 @@ def hwm():
             return int(line.split()[1]) / 1024
 from runtime import EarlyExitModel
 before = hwm()
-m = EarlyExitModel(sys.argv[1], threads=int(sys.argv[2]), load_monolithic=sys.argv[3] == '1')
+m = EarlyExitModel(sys.argv[1], threads=int(sys.argv[2]), load_monolithic=sys.argv[3] == '1', thread_pool='shared')
 m.predict(['a short input to serve once'] , ['a second text'] if m.task.text_pair else None)
 print(json.dumps({"peak_rss_mib_after_imports": before, "peak_rss_mib_loaded_and_served": hwm()}))
 """
@@ -58,7 +59,7 @@ def peak_rss(artifact: str, threads: int, with_monolithic: bool) -> dict:
 
 def run(artifact: str, seq_lens: list[int], repeats: int, threads: int | None) -> dict:
     threads = threads or default_threads()
-    model = EarlyExitModel(artifact, threads=threads)
+    model = EarlyExitModel(artifact, threads=threads, thread_pool="shared")
     L = model.num_layers
     max_pos = int(model.manifest.backbone.extra.get("max_position_embeddings") or 512)
     vocab = model.manifest.backbone.vocab_size
@@ -101,11 +102,11 @@ def plot(res: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.scaling")
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.scaling")
     p.add_argument("--artifact", required=True)
-    p.add_argument("--seq-lens", type=int, nargs="+", default=[16, 32, 64, 128, 256, 512])
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seq-lens", type=positive_int, nargs="+", default=[16, 32, 64, 128, 256, 512])
+    p.add_argument("--repeats", type=positive_int, default=5)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--out", default="results/scaling")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

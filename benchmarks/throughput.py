@@ -20,6 +20,7 @@ from runtime.metrics import score
 from runtime.backends.ort import default_threads
 from runtime.model import EarlyExitModel
 from runtime.tasks import get_task
+from runtime.cli import HelpFormatter, finite_float, positive_int
 
 from .timing import environment, interleaved, save_figure, write_result
 
@@ -29,7 +30,7 @@ log = logging.getLogger("benchmarks.throughput")
 def run(artifact: str, task_name: str, data_dir: str | None, batch_sizes: list[int], policy_args: dict,
         max_samples: int | None, repeats: int, threads: int | None) -> dict:
     threads = threads or default_threads()
-    model = EarlyExitModel(artifact, threads=threads)
+    model = EarlyExitModel(artifact, threads=threads, thread_pool="shared")
     task = get_task(task_name)
     if model.task.name != task.name:
         raise ValueError(f"the artifact was trained for task '{model.task.name}', not '{task.name}'.")
@@ -86,16 +87,16 @@ def plot(res: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.throughput")
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.throughput")
     p.add_argument("--artifact", required=True)
     p.add_argument("--task", required=True)
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 64])
+    p.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 8, 32, 64])
     p.add_argument("--policy", default=None, help="default: the manifest's (calibrated) default policy")
-    p.add_argument("--threshold", type=float, default=None)
-    p.add_argument("--max-samples", type=int, default=None)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threshold", type=finite_float, default=None)
+    p.add_argument("--max-samples", type=positive_int, default=None)
+    p.add_argument("--repeats", type=positive_int, default=3)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--out", default="results/throughput")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

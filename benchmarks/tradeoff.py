@@ -29,6 +29,7 @@ from runtime.metrics import score
 from runtime.policies import LayerOutputs, make_policy, predictions_at_exit, simulate
 from runtime.tasks import get_task
 from train.evaluate import load_layer_outputs
+from runtime.cli import HelpFormatter
 
 
 def sweep(per_layer: list[LayerOutputs], gold: np.ndarray, task, policy: str, grid: int = 101) -> list[dict]:
@@ -225,7 +226,7 @@ def plot(res: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.tradeoff")
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.tradeoff")
     p.add_argument("--runs", nargs="+", required=True, help="checkpoint folders of one task")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)

@@ -22,11 +22,12 @@ import numpy as np
 import torch
 
 from runtime import manifest as M
+from runtime.cli import fail, parser, positive_float, positive_int
 from runtime.manifest import install_folder, sha256_file, write_manifest
 from runtime.tasks import get_task
 from train.model import MultiExitModel, exit_signals, load_checkpoint
 
-from .graphs import OPSET, export_graphs, signal_names
+from .graphs import HEAD_LAYOUTS, OPSET, export_graphs, signal_names
 from .optimize import fusable_attention, fuse, fuse_embeddings, quantize_int8
 
 
@@ -58,8 +59,11 @@ class ExportConfig:
     trt_opt_batch: int = 1
     trt_opt_seq: int = 128
     exit_layers: tuple[int, ...] | None = None  # None: every layer has an exit; else the layers that do
+    head: str = "logits"  # stage graphs' head layout (export/graphs.py): "logits" (lean) or "signals"
 
     def __post_init__(self):
+        if self.head not in HEAD_LAYOUTS:
+            raise ExportError(f"--head must be one of {', '.join(HEAD_LAYOUTS)}, got {self.head!r}")
         if self.layers is not None and (isinstance(self.layers, bool) or not isinstance(self.layers, int)):
             raise ExportError(f"--layers must be an integer, got {self.layers!r}")
         if self.exit_layers is not None:
@@ -131,13 +135,27 @@ def validate(model: MultiExitModel, tmp: Path, roles: dict, exits: list[int], ba
     feeds = lambda role, avail: {n: avail[n] for n in roles[role]["inputs"]}  # noqa: E731
     per_graph: dict[str, float] = {}
 
-    def head_ref(i: int) -> list[np.ndarray]:  # logits and signals of 0-based layer i
-        ref = [out.logits[i].numpy()]
-        if model.cfg.kind == "classification":
-            ref += [t.numpy() for t in exit_signals(out.logits[i])]
-        if model.cfg.lte:
-            ref.append(out.lte[i].numpy())
-        return ref
+    layout = "signals" if M.LOGITS in roles[M.layer_role(exits[0])]["outputs"] else "logits"
+    m_f = batch[M.ATTENTION_MASK].astype(np.float32)
+    pool_w = (m_f / m_f.sum(axis=1, keepdims=True))[:, None, :]  # [B, 1, S]
+
+    def head_ref(i: int, h: torch.Tensor) -> list[np.ndarray]:  # the exit outputs of 0-based layer i
+        if layout == "signals":
+            ref = [out.logits[i].numpy()]
+            if model.cfg.kind == "classification":
+                ref += [t.numpy() for t in exit_signals(out.logits[i])]
+            if model.cfg.lte:
+                ref.append(out.lte[i].numpy())
+            return ref
+        pooled = model.pool(h, mask)
+        cols = [model.head(i, pooled)] + ([model.lte_head(pooled)] if model.cfg.lte else [])
+        return [torch.cat(cols, dim=1).numpy()]
+
+    def stage_feeds(role: str, h: np.ndarray) -> dict[str, np.ndarray]:
+        f = {M.HIDDEN_IN: h, M.ATTENTION_MASK: batch[M.ATTENTION_MASK]}
+        if M.POOL_WEIGHTS in roles[role]["inputs"]:
+            f[M.POOL_WEIGHTS] = pool_w
+        return f
 
     # Torch reference hidden states, stage by stage.
     h_ref = model.embed(ids, tt)
@@ -152,21 +170,21 @@ def validate(model: MultiExitModel, tmp: Path, roles: dict, exits: list[int], ba
         role = M.layer_role(x)
         sess = _session(tmp / roles[role]["file"])
         # (a) the graph alone on the torch reference input
-        res = sess.run(None, {M.HIDDEN_IN: h_ref.numpy(), M.ATTENTION_MASK: batch[M.ATTENTION_MASK]})
+        res = sess.run(None, stage_feeds(role, h_ref.numpy()))
         h_next = h_ref
         for i in range(prev, x):
             h_next = model.layer(i, h_next, ext)
-        ref = [h_next.numpy()] + head_ref(x - 1)
+        ref = [h_next.numpy()] + head_ref(x - 1, h_next)
         diffs = [_maxdiff(res[0], ref[0], batch[M.ATTENTION_MASK])] + [_maxdiff(r, e) for r, e in zip(res[1:], ref[1:])]
         per_graph[role] = max(diffs)
         # (b) the chain: ONNX hidden states fed forward
-        chained = sess.run(None, {M.HIDDEN_IN: h_chain, M.ATTENTION_MASK: batch[M.ATTENTION_MASK]})
+        chained = sess.run(None, stage_feeds(role, h_chain))
         h_chain = chained[0]
         chain_diff = max(chain_diff, *(_maxdiff(r, e) for r, e in zip(chained[1:], ref[1:])))
         h_ref, prev = h_next, x
     if M.MONOLITHIC in roles:
         res = _session(tmp / roles[M.MONOLITHIC]["file"]).run(None, feeds(M.MONOLITHIC, batch))
-        per_graph[M.MONOLITHIC] = max(_maxdiff(r, e) for r, e in zip(res, head_ref(exits[-1] - 1)))
+        per_graph[M.MONOLITHIC] = _maxdiff(res[0], out.logits[exits[-1] - 1].numpy())
     worst = max(max(per_graph.values()), chain_diff)
     if not worst <= atol:  # NaN compares False: a model with NaN weights fails here
         bad = {k: v for k, v in per_graph.items() if not v <= atol}
@@ -175,7 +193,8 @@ def validate(model: MultiExitModel, tmp: Path, roles: dict, exits: list[int], ba
                               + (" -- the model computes NaN or infinity (its weights are not finite: retrain)"
                                  if not np.isfinite(worst) else "") + ". The export is not written.")
     return {"atol": atol, "max_abs_diff": worst, "chain_max_abs_diff": chain_diff,
-            "per_graph_max_abs_diff": per_graph, "outputs_checked": ["hidden_states", "logits"] + sig,
+            "per_graph_max_abs_diff": per_graph,
+            "outputs_checked": ["hidden_states"] + (["logits"] + sig if layout == "signals" else [M.HEAD]),
             "inputs": f"{len(_SAMPLE_TEXTS)} tokenized text rows with padding"}
 
 
@@ -228,14 +247,14 @@ def build(cfg: ExportConfig) -> Path:
         fused: dict[str, dict[str, int]] = {}
         if cfg.fuse:
             with fusable_attention(model):
-                roles = export_graphs(model, n, tmp, monolithic=cfg.monolithic, exits=exits)
+                roles = export_graphs(model, n, tmp, monolithic=cfg.monolithic, exits=exits, head=cfg.head)
             c = model.backbone.config
             for role, r in roles.items():
                 fused[role] = fuse(tmp / r["file"], c.num_attention_heads, c.hidden_size)
                 if role == "embeddings":
                     fused[role].update(fuse_embeddings(tmp / r["file"]))
         else:
-            roles = export_graphs(model, n, tmp, monolithic=cfg.monolithic, exits=exits)
+            roles = export_graphs(model, n, tmp, monolithic=cfg.monolithic, exits=exits, head=cfg.head)
         if cfg.onnx_precision == "int8":
             for r in roles.values():
                 quantize_int8(tmp / r["file"])
@@ -251,7 +270,8 @@ def build(cfg: ExportConfig) -> Path:
             from .tensorrt import ENGINE_DIR, build_engines, profile_for
             trt_dir = tmp / ENGINE_DIR
             trt_dir.mkdir()
-            plain = export_graphs(model, n, trt_dir, monolithic=False, exits=exits)  # standard ONNX ops only
+            # Standard ONNX ops only; the engines compute every signal on the device ("signals" layout).
+            plain = export_graphs(model, n, trt_dir, monolithic=False, exits=exits, head="signals")
             trt_record = build_engines(trt_dir, plain, trt_dir,
                                        model.backbone.config.hidden_size,
                                        profile_for(max_len, cfg.trt_max_batch, cfg.trt_opt_batch, cfg.trt_opt_seq),
@@ -274,6 +294,7 @@ def build(cfg: ExportConfig) -> Path:
                          "strategy": train_cfg.get("strategy"), "source_model": train_cfg.get("model") or "all-MiniLM-L6-v2 (packaged)"},
             "num_layers": n,
             "exits": exits,
+            "head_layout": cfg.head,
             "max_seq_len": max_len,
             "precision": cfg.onnx_precision,
             "optimization": {"fused": cfg.fuse, "fused_operators": fused,
@@ -284,9 +305,12 @@ def build(cfg: ExportConfig) -> Path:
                           "truncation": "longest_first", "padding": "right, to the longest row of a batch",
                           "checksums": [{"file": f, "sha256": sha256_file(tmp / f)} for f in tok_files]},
             "signals": sig,
-            "signal_rules": {"confidence": "max softmax; exit when >= threshold",
-                             "entropy": "softmax entropy (nats); exit when <= threshold",
-                             "lte": "sigmoid(c^T h + b) on the pooled state; exit when >= threshold"},
+            "signal_rules": {"confidence": "max softmax of the logits; exit when >= threshold",
+                             "entropy": "softmax entropy of the logits (nats, via log-softmax); exit when <= threshold",
+                             "lte": "sigmoid(c^T h + b) on the pooled state; exit when >= threshold",
+                             "head": "head_layout 'logits': output `head` [B, C (+1)] = logits, then the LTE logit "
+                                     "(sigmoid it for lte); input pool_weights [B, 1, S] = mask / sum(mask) (mean "
+                                     "pooling). head_layout 'signals': outputs logits, confidence, entropy, lte"},
             "graphs": roles,
             "native": None,
             "default_policy": default,
@@ -325,29 +349,33 @@ def _layer_list(text: str) -> tuple[int, ...]:
 
 
 def parse_args(argv: list[str] | None = None) -> ExportConfig:
-    p = argparse.ArgumentParser(prog="python -m export.build", description="Export a multi-exit checkpoint to per-layer ONNX graphs.")
+    p = parser("python -m export.build", "Export a multi-exit checkpoint to an artifact: one ONNX graph per exit, "
+               "embeddings, a monolithic reference graph, the tokenizer and manifest.json.")
     p.add_argument("--checkpoint", required=True, help="folder written by `python -m train.finetune`")
     p.add_argument("--out", required=True, help="artifact folder to write (replaced only when the new one is complete)")
-    p.add_argument("--layers", type=int, default=None, help="export the first N layers (default: all)")
+    p.add_argument("--layers", type=positive_int, default=None, help="export the first N layers (default: all)")
     p.add_argument("--exit-layers", type=_layer_list, default=None, metavar="K,K,...",
                    help="layers that get an exit, e.g. 2,4,6 (the last exported layer must be one); layers "
                         "without an exit run inside the next exit's graph (default: every layer)")
     p.add_argument("--no-monolithic", action="store_true", help="skip the monolithic reference graph")
+    p.add_argument("--head", default="logits", choices=list(HEAD_LAYOUTS),
+                   help="stage graphs' exit head: 'logits' (one Gemm giving logits and the LTE logit; the runtime "
+                        "derives the signals: fewest graph ops) or 'signals' (every exit signal computed in the graph)")
     p.add_argument("--no-fuse", action="store_true", help="skip onnxruntime's transformer fusion")
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS) + ["fp16"],
                    help="int8: dynamic quantization of every graph (weights per-channel); "
                         "fp16: TensorRT engines in fp16 (with --tensorrt)")
-    p.add_argument("--atol", type=float, default=None,
+    p.add_argument("--atol", type=positive_float, default=None,
                    help="max abs difference to PyTorch allowed (default 1e-4 for fp32, 0.5 for int8)")
     p.add_argument("--tensorrt", action="store_true",
                    help="also build a TensorRT engine per graph (needs TensorRT 10 and an NVIDIA GPU)")
-    p.add_argument("--trt-max-batch", type=int, default=32, help="TensorRT profile: largest batch")
-    p.add_argument("--trt-opt-batch", type=int, default=1, help="TensorRT profile: batch to tune for")
-    p.add_argument("--trt-opt-seq", type=int, default=128, help="TensorRT profile: sequence length to tune for")
+    p.add_argument("--trt-max-batch", type=positive_int, default=32, help="TensorRT profile: largest batch")
+    p.add_argument("--trt-opt-batch", type=positive_int, default=1, help="TensorRT profile: batch to tune for")
+    p.add_argument("--trt-opt-seq", type=positive_int, default=128, help="TensorRT profile: sequence length to tune for")
     a = p.parse_args(argv)
     try:
         return ExportConfig(a.checkpoint, a.out, a.layers, not a.no_monolithic, not a.no_fuse, a.precision, a.atol,
-                            a.tensorrt, a.trt_max_batch, a.trt_opt_batch, a.trt_opt_seq, a.exit_layers)
+                            a.tensorrt, a.trt_max_batch, a.trt_opt_batch, a.trt_opt_seq, a.exit_layers, a.head)
     except ExportError as e:
         p.error(str(e))
 
@@ -357,8 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = build(cfg)
     except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     m = M.load_manifest(out)
     v = m.validation
     print(f"artifact written to {out}: {m.num_exits} stage graphs (exits at layers {', '.join(map(str, m.exits))}) "

@@ -17,13 +17,14 @@ stream) serialise runs there, which makes every backend safe to share between th
 """
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .backends.base import Backend, HiddenState, Workspace
-from .policies import ExitPolicy, LayerOutputs, PolicyState, decide
+from .policies import POLICIES, ExitPolicy, LayerOutputs, PolicyState, decide, derive_signal
 
 NONFINITE = "non-finite output"
 
@@ -136,12 +137,18 @@ class Chain:
             policy: ExitPolicy) -> ChainResult:
         """One tokenized batch ([B, S] int64, right padded) through the chain with early exit."""
         b = input_ids.shape[0]
-        res = ChainResult(np.zeros(b, np.int64), np.zeros((b, self.num_outputs), np.float32),
-                          {n: np.zeros(b, np.float32) for n in self.signals}, [None] * b)
         cohort = self.start(input_ids, token_type_ids, attention_mask, policy)
+        res = None
         try:
-            while not cohort.done:
+            while cohort.ws is not None:
                 f = self.advance(cohort)
+                if f is None:
+                    continue
+                if res is None and len(f.rows) == b:  # the whole batch left at once (always, at batch 1)
+                    return ChainResult(f.exit_layer, f.logits, f.signals, f.error)
+                if res is None:
+                    res = ChainResult(np.zeros(b, np.int64), np.zeros((b, self.num_outputs), np.float32),
+                                      {n: np.zeros(b, np.float32) for n in self.signals}, [None] * b)
                 res.exit_layer[f.rows] = f.exit_layer
                 res.logits[f.rows] = f.logits
                 for n in self.signals:
@@ -162,25 +169,34 @@ class Chain:
             outs = []
             for k in range(self.num_stages):
                 o = ws.run_stage(k)
-                outs.append(LayerOutputs(o.logits.copy(), *(_copy(o.signals.get(n)) for n in ("confidence", "entropy", "lte"))))
+                sig = self._all_signals(o.signals, o.logits, o.lte_logit)
+                outs.append(LayerOutputs(o.logits.copy(), sig.get("confidence"), sig.get("entropy"), sig.get("lte")))
             return outs
+        finally:
+            self._pool.release(ws)
+
+    def monolithic(self, input_ids: np.ndarray, token_type_ids: np.ndarray,
+                   attention_mask: np.ndarray) -> LayerOutputs:
+        """The backend's single-graph reference (all layers, last head), copied out."""
+        ids, tt, mask, _ = _trim(input_ids, token_type_ids, attention_mask)
+        ws = self._pool.acquire()
+        try:
+            o = ws.monolithic(ids, tt, mask)
+            return LayerOutputs(o.logits.copy())
         finally:
             self._pool.release(ws)
 
     def run_monolithic(self, input_ids: np.ndarray, token_type_ids: np.ndarray,
                        attention_mask: np.ndarray) -> ChainResult:
-        """The backend's single graph (every layer, the last head): the no-early-exit reference a
-        plain deployment runs, with the same finiteness check and result layout as `run`."""
-        ids, tt, mask, _ = _trim(input_ids, token_type_ids, attention_mask)
-        o = self.backend.monolithic(ids, tt, mask)
-        bad = ~np.isfinite(o.logits).all(axis=1)
-        for n in self.signals:
-            bad |= ~np.isfinite(o.signals[n])
+        """The single graph as a plain deployment answers: every row at the last layer, its logits
+        checked for finiteness, in `run`'s result layout (signals: those the logits give)."""
+        lg = self.monolithic(input_ids, token_type_ids, attention_mask).logits
+        bad = ~np.isfinite(lg).all(axis=1)
         layer = int(self._exit_layers[-1])
         err = [f"{NONFINITE} (NaN or infinity) in the monolithic graph: the artifact is broken; re-export it"
-               if x else None for x in bad]
-        return ChainResult(np.full(ids.shape[0], layer, np.int64), np.array(o.logits, np.float32),
-                           {n: np.array(o.signals[n], np.float32) for n in self.signals}, err)
+               if x else None for x in bad.tolist()]
+        sig = {m: derive_signal(m, lg, None) for m in self.signals if m != "lte"}
+        return ChainResult(np.full(lg.shape[0], layer, np.int64), lg, sig, err)
 
     # -- one stage at a time ------------------------------------------------------------------
     def start(self, input_ids: np.ndarray, token_type_ids: np.ndarray, attention_mask: np.ndarray,
@@ -199,32 +215,73 @@ class Chain:
             raise
         return Cohort(policy, rows, lengths, PolicyState(b), 0, ws)
 
-    def advance(self, c: Cohort) -> Finished:
-        """Run the cohort's next stage; return the rows that exit there (they leave the cohort).
-        When no row is left the cohort's workspace goes back to the pool."""
-        if c.ws is None:
+    def advance(self, c: Cohort) -> Finished | None:
+        """Run the cohort's next stage; return the rows that exit there (they leave the cohort), or
+        None if none does. When no row is left the cohort's workspace goes back to the pool.
+        (Batch-1 latency pays for every line here: keep it lean.)"""
+        ws = c.ws
+        if ws is None:
             raise ValueError("this cohort has finished")
         k = c.stage
-        o = c.ws.run_stage(k)
-        out = LayerOutputs(o.logits, o.signals.get("confidence"), o.signals.get("entropy"), o.signals.get("lte"))
-        bad = ~np.isfinite(o.logits).all(axis=1)
-        for n in self.signals:
-            bad |= ~np.isfinite(o.signals[n])
-        done = decide(c.policy, k + 1, out, c.state, self.kind, self.num_stages) | bad
-        c.stage = k + 1
-        layer = int(self._exit_layers[k])
-        idx = np.flatnonzero(done)
-        err = [f"{NONFINITE} (NaN or infinity) at layer {layer}: the artifact is broken; re-export it"
-               if x else None for x in bad[idx]]
-        fin = Finished(c.rows[idx], np.full(len(idx), layer, np.int64), o.logits[idx].copy(),
-                       {n: o.signals[n][idx].copy() for n in self.signals}, err)
-        if len(idx) == c.size:
+        o = ws.run_stage(k)
+        sig, logits = o.signals, o.logits
+        need = POLICIES[c.policy.name].signal
+        if need is not None and need not in sig:  # only the signal the policy reads is derived here
+            sig = {**sig, need: derive_signal(need, logits, o.lte_logit)}
+        out = LayerOutputs(logits, sig.get("confidence"), sig.get("entropy"), sig.get("lte"))
+        done = decide(c.policy, k + 1, out, c.state, self.kind, self.num_stages)
+        if len(done) == 1:  # batch 1 (the latency case): plain Python scalars, no array passes
+            total = float(logits.sum()) + (float(o.lte_logit[0]) if o.lte_logit is not None else 0.0)
+            for m in sig:
+                total += float(sig[m][0])
+            ok = math.isfinite(total)
+            c.stage = k + 1
+            if ok and not done[0]:
+                return None
+            layer = self.exits[k]
+            fin = Finished(c.rows, np.full(1, layer, np.int64), logits.copy(), self._all_signals(sig, logits, o.lte_logit),
+                           [None if ok else f"{NONFINITE} (NaN or infinity) at layer {layer}: the artifact is broken; "
+                                            f"re-export it"])
             self._finish(c)
-        elif len(idx):
+            return fin
+        # One pass for finiteness: a sum is NaN or infinite if any term is (inf - inf is NaN too).
+        chk = logits.sum(axis=1)
+        if o.lte_logit is not None:
+            chk = chk + o.lte_logit
+        for n in sig:
+            chk = chk + sig[n]
+        bad = ~np.isfinite(chk)
+        if bad.any():
+            done = done | bad
+        c.stage = k + 1
+        if not done.any():
+            return None
+        layer = self.exits[k]
+        if done.all():
+            idx = None
+            rows, lg, bd = c.rows, logits.copy(), bad
+            sg = self._all_signals(sig, logits, o.lte_logit)
+        else:
+            idx = np.flatnonzero(done)
+            rows, lg, bd = c.rows[idx], logits[idx], bad[idx]
+            sg = self._all_signals({m: v[idx] for m, v in sig.items()}, lg,
+                                   None if o.lte_logit is None else o.lte_logit[idx])
+        err = [None] * len(rows) if not bd.any() else [
+            f"{NONFINITE} (NaN or infinity) at layer {layer}: the artifact is broken; re-export it" if x else None
+            for x in bd.tolist()]
+        fin = Finished(rows, np.full(len(rows), layer, np.int64), lg, sg, err)
+        if idx is None:
+            self._finish(c)
+        else:
             keep = np.flatnonzero(~done)
             c.rows, c.lengths, c.state = c.rows[keep], c.lengths[keep], c.state.take(keep)
-            c.ws.keep(keep, int(c.lengths.max()))
+            ws.keep(keep, int(c.lengths.max()))
         return fin
+
+    def _all_signals(self, sig: dict[str, np.ndarray], logits: np.ndarray,
+                     lte_logit: np.ndarray | None) -> dict[str, np.ndarray]:
+        """Every signal of the model for these rows (copies): given ones, the others derived."""
+        return {m: sig[m].copy() if m in sig else derive_signal(m, logits, lte_logit) for m in self.signals}
 
     def merge(self, cohorts: list[Cohort]) -> Cohort:
         """One cohort of the rows of several that have run the same stages under the same policy
@@ -299,7 +356,3 @@ def _pad(a: np.ndarray, s: int) -> np.ndarray:
         return a
     width = [(0, 0), (0, s - a.shape[1])] + [(0, 0)] * (a.ndim - 2)
     return np.pad(a, width)
-
-
-def _copy(a: np.ndarray | None) -> np.ndarray | None:
-    return None if a is None else a.copy()

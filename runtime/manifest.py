@@ -42,6 +42,9 @@ CONFIDENCE = "confidence"
 ENTROPY = "entropy"
 LTE = "lte"
 SIGNALS = (CONFIDENCE, ENTROPY, LTE)
+HEAD = "head"  # "logits" head layout: [logits | LTE logit], the host derives the signals
+POOL_WEIGHTS = "pool_weights"  # mean pooling weights mask / mask.sum(), [B, 1, S], from the host
+HEAD_LAYOUTS = ("logits", "signals")
 
 EMBEDDINGS = "embeddings"
 MONOLITHIC = "monolithic"
@@ -129,6 +132,7 @@ class Manifest:
     backbone: Backbone
     num_layers: int  # layers exported (may be fewer than the backbone's depth)
     exits: tuple[int, ...]  # 1-based exit layers, increasing, the last == num_layers
+    head_layout: str  # "logits": graphs output `head`, the host derives signals; "signals": graphs output all
     max_seq_len: int
     precision: str
     tokenizer: TokenizerInfo
@@ -157,6 +161,15 @@ class Manifest:
     @property
     def has_monolithic(self) -> bool:
         return MONOLITHIC in self.graphs
+
+    @property
+    def uses_pool_weights(self) -> bool:
+        return POOL_WEIGHTS in self.graphs[layer_role(self.exits[0])].inputs
+
+    @property
+    def head_width(self) -> int:
+        """Columns of the `head` output: C logits, plus the LTE logit when the model has LTE."""
+        return self.task.num_outputs + (1 if LTE in self.signals else 0)
 
     @property
     def uses_token_types(self) -> bool:
@@ -312,24 +325,33 @@ def _check_io(m: Manifest) -> None:
     emb = m.graphs[EMBEDDINGS]
     if INPUT_IDS not in emb.inputs or set(emb.inputs) - {INPUT_IDS, TOKEN_TYPE_IDS}:
         raise _fail("graphs.embeddings.inputs", f"must be {INPUT_IDS} [and {TOKEN_TYPE_IDS}], got {sorted(emb.inputs)}")
-    want_small = {LOGITS: ("batch", c), **{s: ("batch",) for s in m.signals}}
+    if m.head_layout == "signals":
+        want_small = {LOGITS: ("batch", c), **{s: ("batch",) for s in m.signals}}
+        want_in = {HIDDEN_IN, ATTENTION_MASK}
+    else:
+        want_small = {HEAD: ("batch", m.head_width)}
+        want_in = {HIDDEN_IN, ATTENTION_MASK} | ({POOL_WEIGHTS} if m.backbone.pooling == "mean" else set())
     for role in m.stage_roles:
         g = m.graphs[role]
-        if set(g.inputs) != {HIDDEN_IN, ATTENTION_MASK}:
-            raise _fail(f"graphs.{role}.inputs", f"must be {HIDDEN_IN} and {ATTENTION_MASK}, got {sorted(g.inputs)}")
+        if set(g.inputs) != want_in:
+            raise _fail(f"graphs.{role}.inputs", f"must be {sorted(want_in)} (head_layout {m.head_layout}, "
+                        f"{m.backbone.pooling} pooling), got {sorted(g.inputs)}")
         if set(g.outputs) != {HIDDEN_OUT, *want_small}:
-            raise _fail(f"graphs.{role}.outputs", f"must be {HIDDEN_OUT}, {LOGITS} and the signals "
-                        f"{list(m.signals)}, got {sorted(g.outputs)}")
+            raise _fail(f"graphs.{role}.outputs", f"must be {sorted({HIDDEN_OUT, *want_small})} (head_layout "
+                        f"{m.head_layout}), got {sorted(g.outputs)}")
         for name in (HIDDEN_IN, HIDDEN_OUT):
             spec = g.inputs.get(name) or g.outputs[name]
             if len(spec.shape) != 3 or spec.shape[2] != h:
                 raise _fail(f"graphs.{role}.{name}.shape", f"must be [batch, sequence, {h}], got {list(spec.shape)}")
-    for role in m.stage_roles + ((MONOLITHIC,) if m.has_monolithic else ()):
         for name, shape in want_small.items():
-            got = m.graphs[role].outputs.get(name)
-            if got is None or len(got.shape) != len(shape) or (len(shape) == 2 and got.shape[1] != c):
-                raise _fail(f"graphs.{role}.outputs.{name}", f"must have shape {list(shape)}, got "
-                            f"{None if got is None else list(got.shape)}")
+            got = g.outputs[name]
+            if len(got.shape) != len(shape) or (len(shape) == 2 and got.shape[1] != shape[1]):
+                raise _fail(f"graphs.{role}.outputs.{name}", f"must have shape {list(shape)}, got {list(got.shape)}")
+    if m.has_monolithic:
+        got = m.graphs[MONOLITHIC].outputs.get(LOGITS)
+        if set(m.graphs[MONOLITHIC].outputs) != {LOGITS} or len(got.shape) != 2 or got.shape[1] != c:
+            raise _fail("graphs.monolithic.outputs", f"must be {LOGITS} [batch, {c}], got "
+                        f"{ {k: list(v.shape) for k, v in m.graphs[MONOLITHIC].outputs.items()} }")
 
 
 def _exits(raw: dict, num_layers: int, graphs: dict[str, GraphInfo]) -> tuple[int, ...]:
@@ -388,7 +410,7 @@ def parse_manifest(raw: Any, root: Path) -> Manifest:
     trt = raw.get("tensorrt")
     native = raw.get("native")
     m = Manifest(root=root, schema_version=version, task=task, backbone=backbone, num_layers=num_layers, exits=exits,
-                 max_seq_len=max_seq_len, precision=_str(raw.get("precision", "fp32"), "precision", PRECISIONS),
+                 head_layout=_str(_get(raw, "head_layout", ""), "head_layout", HEAD_LAYOUTS), max_seq_len=max_seq_len, precision=_str(raw.get("precision", "fp32"), "precision", PRECISIONS),
                  tokenizer=tokenizer, signals=signals, graphs=graphs,
                  default_policy=_obj(raw.get("default_policy") or {}, "default_policy"),
                  validation=_obj(raw.get("validation") or {}, "validation"),

@@ -15,7 +15,6 @@ from typing import Sequence
 
 import numpy as np
 
-from . import manifest as M
 from .backends import open_backend
 from .chain import Chain, ChainResult
 from .fsutil import ArtifactError
@@ -147,8 +146,10 @@ class EarlyExitModel:
     def run_monolithic(self, enc: Encoded) -> LayerOutputs:
         """The single-graph reference model (all layers, last head)."""
         self._check_batch(enc)
-        o = self.backend.monolithic(enc.input_ids, enc.token_type_ids, enc.attention_mask)
-        return LayerOutputs(o.logits, o.signals.get(M.CONFIDENCE), o.signals.get(M.ENTROPY), o.signals.get(M.LTE))
+        if not self.backend.has_monolithic:
+            raise ArtifactError("this artifact has no monolithic graph (or it was not loaded); re-export without "
+                                "--no-monolithic, or open it with load_monolithic=True.")
+        return self.chain.monolithic(enc.input_ids, enc.token_type_ids, enc.attention_mask)
 
     def predict(self, texts_a: Sequence[str], texts_b: Sequence[str] | None = None,
                 policy: ExitPolicy | None = None, batch_size: int = 64) -> list[Prediction]:

@@ -107,6 +107,27 @@ class PolicyState:
         return s
 
 
+def softmax_signals(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(confidence, entropy) [B] of softmax(logits [B, C]) via log-softmax (no overflow), float32,
+    as the training code's exit_signals computes them."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(z).sum(axis=1, keepdims=True))
+    logp = z - lse
+    return np.exp(-lse[:, 0]), -(np.exp(logp) * logp).sum(axis=1)
+
+
+def derive_signal(name: str, logits: np.ndarray, lte_logit: np.ndarray | None) -> np.ndarray:
+    """An exit signal from the exit head's raw outputs (head layout "logits")."""
+    if name == "confidence":
+        z = logits - logits.max(axis=1, keepdims=True)
+        return (1.0 / np.exp(z).sum(axis=1)).astype(np.float32)  # max softmax = exp(0) / sum
+    if name == "entropy":
+        return softmax_signals(logits)[1].astype(np.float32)
+    if name == "lte":
+        return (1.0 / (1.0 + np.exp(-lte_logit))).astype(np.float32)
+    raise ValueError(f"unknown signal {name!r}")
+
+
 _Decide = Callable[[ExitPolicy, int, LayerOutputs, PolicyState, str], np.ndarray]
 
 

@@ -125,7 +125,8 @@ class _Job:
         r.exit_layer[local] = f.exit_layer[sel]
         r.logits[local] = f.logits[sel]
         for k in r.signals:
-            r.signals[k][local] = f.signals[k][sel]
+            if k in f.signals:  # the monolithic graph gives no LTE signal
+                r.signals[k][local] = f.signals[k][sel]
         for i, j in zip(local.tolist(), sel.tolist()):
             r.error[i] = f.error[j]
         self.remaining -= len(local)
@@ -400,8 +401,8 @@ class Scheduler:
             self._passes[id(merged)] = passes
         return merged
 
-    def _deliver(self, f: Finished) -> None:
-        if not len(f.rows):
+    def _deliver(self, f: Finished | None) -> None:
+        if f is None or not len(f.rows):  # no row left at this stage
             return
         by_job: dict[_Job, tuple[list[int], list[int]]] = {}
         for j, r in enumerate(f.rows.tolist()):

@@ -33,18 +33,23 @@ def test_interleaved_calls_every_variant_on_every_item():
 def test_latency_benchmark_end_to_end(rte_art, rte_ckpt, data_dir, tmp_path, capsys):
     out = tmp_path / "bench"
     code = latency_main(["--artifact", str(rte_art), "--task", "rte", "--data-dir", str(data_dir),
-                         "--max-samples", "8", "--repeats", "1", "--out", str(out), "--checkpoint", str(rte_ckpt)])
+                         "--max-samples", "8", "--repeats", "1", "--passes", "2", "--out", str(out),
+                         "--checkpoint", str(rte_ckpt)])
     assert code == 0
     r = json.loads((out / "latency.json").read_text())
     assert (out / "latency.png").stat().st_size > 10_000
     assert r["samples"] == 8 and r["num_layers"] == 2 and r["decision_mismatches"] == 0
-    assert r["chain_overhead"] == pytest.approx(r["full_chain"]["latency_ms_mean"] / r["monolithic"]["latency_ms_mean"])
+    assert r["passes"] == 2 and len(r["chain_overhead_per_pass"]) == 2
+    assert r["chain_overhead"] == pytest.approx(float(np.median(r["chain_overhead_per_pass"])))
+    sp = r["spread"]["chain_overhead"]
+    assert sp["min"] <= r["chain_overhead"] <= sp["max"]
     assert [f["exit_layer"] for f in r["forced_exit"]["per_layer"]] == [1, 2]
     assert {s["policy"] for s in r["sweep"]} == {"confidence", "entropy", "lte"}
     for s in r["sweep"]:
         assert 1.0 <= s["avg_exit_layer"] <= 2.0
         assert s["layer_estimate"] == pytest.approx(2 / s["avg_exit_layer"])
         assert s["realization"] == pytest.approx(s["speedup_vs_full_chain"] / s["layer_estimate"])
+        assert s["spread"]["realization"]["min"] <= s["realization"] <= s["spread"]["realization"]["max"]
         for k in ("latency_ms_p50", "latency_ms_p90", "speedup_vs_monolithic", "score", "relative_score"):
             assert k in s
     assert r["eager"] and r["eager"][0]["decisions"] == "full depth"
@@ -107,19 +112,32 @@ def test_precision_benchmark(rte_ckpt, rte_art, data_dir, tmp_path):
     assert r["rows"][0]["score_change_vs_first_points"] == 0.0
 
 
-def test_overhead_benchmark_splits_boundaries_and_heads(rte_art, tmp_path):
+def test_overhead_benchmark_splits_boundaries_and_heads(rte_art, sst2_ckpt, tmp_path, data_dir):
     import onnx
 
     from benchmarks.overhead import main as overhead_main
     from benchmarks.overhead import strip_head
+    from export.build import ExportConfig, build
     bare = onnx.load_from_string(strip_head(rte_art / "layer_01.onnx"))
     assert [o.name for o in bare.graph.output] == ["hidden_states_out"]
-    assert not {"LogSoftmax", "Sigmoid"} & {n.op_type for n in bare.graph.node}  # the head is gone
-    assert overhead_main(["--artifact", str(rte_art), "--seq-lens", "8", "--repeats", "5", "--profile",
+    assert not {"Gemm", "Gather"} & {n.op_type for n in bare.graph.node}  # the head is gone
+    # mean pooling: the stripped graph no longer reads the pooling weights
+    lean = build(ExportConfig(str(sst2_ckpt), str(tmp_path / "sst2")))
+    merged = build(ExportConfig(str(sst2_ckpt), str(tmp_path / "sst2_x2"), exit_layers=(2,), monolithic=False))
+    assert [i.name for i in onnx.load_from_string(strip_head(lean / "layer_01.onnx")).graph.input] == \
+        ["hidden_states", "attention_mask"]
+    assert overhead_main(["--artifact", str(lean), "--task", "sst2", "--data-dir", str(data_dir), "--max-samples", "4",
+                          "--passes", "2", "--repeats", "2", "--compare", f"merged={merged}", "--profile",
                           "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "overhead.json").read_text())
-    row = res["rows"][0]
-    assert row["seq_len"] == 8 and row["median_ms"]["chain"] > 0
-    assert set(row["median_ms"]) == {"monolithic", "chain", "chain_bare", "embeddings", "layer", "layer_bare"}
-    prof = res["profile"]["8"]
-    assert prof["monolithic"]["kernel_us_by_op"].get("Attention", 0) > 0 and prof["layer_01"]["nodes"] > 5
+    assert len(res["passes"]) == 2 and res["inputs"] == 4 and res["head_layout"] == "logits"
+    s, p0 = res["summary"], res["passes"][0]
+    assert s["chain_overhead"]["min"] <= s["chain_overhead"]["median"] <= s["chain_overhead"]["max"]
+    ms = p0["ms_mean"]
+    assert p0["chain_overhead"] == pytest.approx(ms["chain"] / ms["monolithic"])
+    assert p0["chain_overhead"] - 1 == pytest.approx(p0["boundaries"] + p0["exit_heads"] + p0["python_loop"])
+    assert p0["merged_over_monolithic"] == pytest.approx(ms["merged"] / ms["monolithic"])
+    assert set(ms) == {"monolithic", "chain", "raw_chain", "raw_bare", "exit_1", "merged"}
+    prof = res["profile"]
+    assert prof["monolithic"]["kernel_us_by_op"].get("Attention", 0) > 0 and prof[prof["stage"]]["nodes"] > 5
+    assert prof["comparison"]["layer_ops_ratio"] > 0

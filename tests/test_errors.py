@@ -156,8 +156,14 @@ def test_corrupt_graph_with_matching_checksum_fails_cleanly(art_copy):
 def test_export_bad_layer_count(rte_ckpt, tmp_path, layers, capsys):
     with pytest.raises(ExportError, match="out of range"):
         build(ExportConfig(str(rte_ckpt), str(tmp_path / "a"), layers=layers))
-    assert export_main(["--checkpoint", str(rte_ckpt), "--out", str(tmp_path / "a"), "--layers", str(layers)]) == 2
-    assert "out of range" in capsys.readouterr().err
+    argv = ["--checkpoint", str(rte_ckpt), "--out", str(tmp_path / "a"), "--layers", str(layers)]
+    if layers < 1:  # refused by the flag's type before anything loads
+        with pytest.raises(SystemExit) as e:
+            export_main(argv)
+        assert e.value.code == 2 and "must be >= 1" in capsys.readouterr().err
+    else:
+        assert export_main(argv) == 2
+        assert "out of range" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
 
 

@@ -11,6 +11,7 @@ import torch
 from runtime import EarlyExitModel, load_manifest, simulate
 from runtime import manifest as M
 from runtime.manifest import verify_files
+from runtime.policies import derive_signal
 from runtime.backends.ort import make_session
 from train.data import load_split, tokenize
 from train.evaluate import collect_layer_outputs
@@ -29,8 +30,10 @@ def test_manifest_lists_every_graph_with_checksums(rte_art):
     assert v["max_abs_diff"] <= v["atol"] == 1e-4
     assert set(v["per_graph_max_abs_diff"]) == set(m.graphs)
     assert "tokenizer.json" in {f.file for f in m.tokenizer.files}
-    outs = m.graphs["layer_01"].outputs
-    assert list(outs) == [M.HIDDEN_OUT, M.LOGITS, M.CONFIDENCE, M.ENTROPY, M.LTE]
+    assert m.head_layout == "logits" and m.head_width == 3  # 2 logits + the LTE logit
+    assert list(m.graphs["layer_01"].outputs) == [M.HIDDEN_OUT, M.HEAD]
+    assert list(m.graphs["layer_01"].inputs) == [M.HIDDEN_IN, M.ATTENTION_MASK]  # cls pooling: no pool weights
+    assert list(m.graphs["monolithic"].outputs) == [M.LOGITS]
 
 
 def test_each_layer_graph_matches_pytorch_on_new_inputs(rte_ckpt, rte_art):
@@ -51,8 +54,36 @@ def test_each_layer_graph_matches_pytorch_on_new_inputs(rte_ckpt, rte_art):
             lte = model.lte(pooled)
         real = mask.bool().numpy()
         assert np.abs(got[M.HIDDEN_OUT][real] - h2.numpy()[real]).max() < 1e-4
+        head = got[M.HEAD]
+        derived = {M.LOGITS: head[:, :2], M.CONFIDENCE: derive_signal("confidence", head[:, :2], None),
+                   M.ENTROPY: derive_signal("entropy", head[:, :2], None), M.LTE: derive_signal("lte", None, head[:, 2])}
         for name, ref in ((M.LOGITS, logits), (M.CONFIDENCE, conf), (M.ENTROPY, ent), (M.LTE, lte)):
-            assert np.abs(got[name] - ref.numpy()).max() < 1e-4, name
+            assert np.abs(derived[name] - ref.numpy()).max() < 1e-4, name
+
+
+def test_both_head_layouts_give_the_same_answers(rte_ckpt, rte_art, sst2_ckpt, tmp_path, data_dir):
+    """Signals computed in the graph (head 'signals') or derived by the runtime from the head's
+    logits ('logits', with host pooling weights for mean pooling): same exits, same outputs."""
+    from export.build import ExportConfig, build
+    for ckpt, lean_art, task in ((rte_ckpt, rte_art, "rte"), (sst2_ckpt, None, "sst2")):
+        lean_art = lean_art or build(ExportConfig(str(ckpt), str(tmp_path / f"{task}_lean")))
+        full_art = build(ExportConfig(str(ckpt), str(tmp_path / f"{task}_signals"), head="signals"))
+        a, b = EarlyExitModel(lean_art, threads=1), EarlyExitModel(full_art, threads=1)
+        assert (a.manifest.head_layout, b.manifest.head_layout) == ("logits", "signals")
+        assert a.manifest.uses_pool_weights == (task == "sst2")  # sst2_ckpt uses mean pooling
+        dev = load_split(task, "dev", data_dir)
+        enc = a.encode(dev.text_a, dev.text_b)
+        la, lb = a.layer_outputs(enc), b.layer_outputs(enc)
+        for x, y in zip(la, lb):
+            for k in ("logits", "confidence", "entropy", "lte"):
+                if getattr(y, k) is not None:
+                    np.testing.assert_allclose(getattr(x, k), getattr(y, k), atol=1e-5, err_msg=k)
+        pol_a = a.policy("confidence", threshold=float(np.median(lb[0].confidence)))
+        ra, rb = a.run(enc, pol_a), b.run(enc, b.policy("confidence", threshold=pol_a.threshold))
+        np.testing.assert_array_equal(ra.exit_layer, rb.exit_layer)
+        assert set(ra.exit_layer.tolist()) == {1, 2}  # compaction ran
+        for k in ra.signals:
+            np.testing.assert_allclose(ra.signals[k], rb.signals[k], atol=1e-5)
 
 
 def _thresholds_between(values: np.ndarray, k: int = 5, gap: float = 2e-5) -> list[float]:
@@ -159,7 +190,10 @@ def test_fused_graphs_record_their_fusions(rte_art):
     for role in ("layer_01", "layer_02"):
         assert fused[role].get("Attention") == 1 and fused[role].get("SkipLayerNormalization") == 2
         ops = op_counts(rte_art / m.graphs[role].file)
-        assert ops.get("Attention") == 1 and "LogSoftmax" in ops  # fused attention + the exit signals
+        assert ops.get("Attention") == 1 and "LogSoftmax" not in ops  # fused attention; signals derived by the host
+        head_ops = sum(v for k, v in ops.items() if k not in ("Attention", "MatMul", "SkipLayerNormalization",
+                                                               "BiasGelu", "Cast", "ReduceSum", "Constant"))
+        assert head_ops <= 3, ops  # cls pooling: Gather + one Gemm for logits and the LTE logit
     assert fused["monolithic"].get("Attention") == 2
     # BERT embeddings alone fuse into one kernel too (onnxruntime's optimizer only fuses them
     # ahead of an Attention node); the export validated the fused graph against PyTorch.

@@ -10,9 +10,9 @@ The folder is written under a temporary name and renamed when complete.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
+import math
 import random
 import shutil
 import sys
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from runtime.cli import fail, nonneg_float, nonneg_int, parser, positive_float, positive_int
 from runtime.manifest import install_folder
 from runtime.tasks import TASKS, get_task
 
@@ -61,12 +62,27 @@ class TrainConfig:
     def __post_init__(self):
         get_task(self.task)
         Strategy(self.strategy)
-        if self.epochs <= 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("epochs, batch size and learning rate must be positive")
+        for name in ("epochs", "lr", "head_lr", "weight_decay"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {v!r}")
+        if self.epochs <= 0 or self.lr <= 0 or (self.head_lr is not None and self.head_lr <= 0):
+            raise ValueError("--epochs, --lr and --head-lr must be positive")
+        if self.weight_decay < 0:
+            raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        for name, lo in (("batch_size", 1), ("max_train_samples", 1), ("max_eval_samples", 1), ("threads", 1),
+                         ("seed", 0), ("limit_layer", 1)):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
+                raise ValueError(f"--{name.replace('_', '-')} must be an integer >= {lo}, got {v!r}")
         if not 8 <= self.max_seq_len <= 512:
             raise ValueError(f"max_seq_len must lie in [8, 512], got {self.max_seq_len}")
         if (self.strategy == "limit") != (self.limit_layer is not None):
             raise ValueError("--limit-layer N goes with --strategy limit (and only with it)")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss stopped being finite; no checkpoint is written."""
 
 
 def _seed(seed: int) -> random.Random:
@@ -122,6 +138,10 @@ def finetune(cfg: TrainConfig, progress: bool = True) -> dict:
                 step += 1
                 batch = collate(tr_tok, rows, pad_id)
                 parts = train_step(model, batch, stage.plan(step, n_layers), opt)
+                if not math.isfinite(parts["loss"]):
+                    raise TrainingDiverged(f"the training loss became {parts['loss']} at step {step} of stage "
+                                           f"'{stage.name}': lower --lr / --head-lr (now {cfg.lr} / "
+                                           f"{cfg.head_lr or cfg.lr}); nothing was written to {cfg.out}.")
                 sched.step()
                 bar.update(1)
                 bar.set_postfix(loss=f"{parts['loss']:.3f}")
@@ -155,28 +175,32 @@ def finetune(cfg: TrainConfig, progress: bool = True) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    p = argparse.ArgumentParser(prog="python -m train.finetune", description="Fine-tune a multi-exit encoder.")
-    p.add_argument("--task", required=True, choices=list(TASKS))
+    p = parser("python -m train.finetune", "Fine-tune a multi-exit encoder (one exit head per layer).")
+    p.add_argument("--task", required=True, choices=list(TASKS), help="task (its data folder is read from --data-dir)")
     p.add_argument("--data-dir", default=None, help="folder with glue/ and sick/ (default: ../shared/data)")
     p.add_argument("--model", default=None,
                    help="Hugging Face model name or local folder (default: the packaged all-MiniLM-L6-v2)")
-    p.add_argument("--strategy", default="alternating", choices=[s.value for s in Strategy])
+    p.add_argument("--strategy", default="alternating", choices=[s.value for s in Strategy],
+                   help="joint: sum of all exit losses; two_stage: final layer, then the other heads on a frozen "
+                        "backbone; alternating: final-layer and joint loss on alternate steps; limit: the Limit "
+                        "baseline (first --limit-layer layers, one exit)")
     p.add_argument("--lte", action="store_true", help="train the learning-to-exit head (L_i + J_i)")
     p.add_argument("--pooling", default="cls", choices=["cls", "mean"],
                    help="exit heads read the [CLS] state (the paper) or the mean of the token states")
-    p.add_argument("--epochs", type=float, default=3.0)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-5)
-    p.add_argument("--head-lr", type=float, default=None, help="learning rate of the exit heads and LTE (default: --lr)")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--max-seq-len", type=int, default=128)
-    p.add_argument("--max-train-samples", type=int, default=None)
-    p.add_argument("--max-eval-samples", type=int, default=None)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    p.add_argument("--limit-layer", type=int, default=None,
+    p.add_argument("--epochs", type=positive_float, default=3.0, help="passes over the training rows (fractions allowed)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="training rows per step")
+    p.add_argument("--lr", type=positive_float, default=2e-5, help="AdamW learning rate of the backbone")
+    p.add_argument("--head-lr", type=positive_float, default=None,
+                   help="learning rate of the exit heads and LTE (default: --lr)")
+    p.add_argument("--weight-decay", type=nonneg_float, default=0.0, help="AdamW weight decay")
+    p.add_argument("--max-seq-len", type=positive_int, default=128, help="tokens per row (8..512), longest-first truncation")
+    p.add_argument("--max-train-samples", type=positive_int, default=None, help="use only the first N training rows")
+    p.add_argument("--max-eval-samples", type=positive_int, default=None, help="evaluate on the first N dev rows")
+    p.add_argument("--seed", type=nonneg_int, default=42, help="seed of data order, dropout and head init")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--limit-layer", type=positive_int, default=None,
                    help="with --strategy limit: keep the first N layers and train one exit there")
-    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--out", required=True, help="checkpoint folder to write (replaced only when the new one is complete)")
     a = p.parse_args(argv)
     try:
         return TrainConfig(task=a.task, out=a.out, model=a.model, data_dir=a.data_dir, strategy=a.strategy,
@@ -194,8 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = finetune(cfg)
     except (FileNotFoundError, RuntimeError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     metric = summary["metric"]
     print(f"dev {metric} per layer: " + "  ".join(f"L{r['layer']}={r[metric]:.4f}" for r in summary["layer_scores"]))
     print(f"checkpoint written to {cfg.out} (training took {summary['train_seconds']:.0f} s)")

@@ -220,7 +220,7 @@ def load_backbone(name_or_path: str | None):
     except OSError as e:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         raise RuntimeError(f"cannot load backbone '{path}'" + (" (HF_HUB_OFFLINE=1: no hub access)" if offline else "")
-                           + f": {str(e)[:200]}. Point --model at a local folder holding config.json, the weights "
+                           + f": {' '.join(str(e).split())}. Point --model at a local folder holding config.json, the weights "
                            f"and the tokenizer (e.g. one written by save_pretrained), or leave --model out to "
                            f"use the packaged all-MiniLM-L6-v2.") from None
     return backbone, tokenizer

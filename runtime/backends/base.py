@@ -38,6 +38,8 @@ class StageOutputs:
 
     logits: np.ndarray  # [b, C] float32 (C = 1 for regression)
     signals: dict[str, np.ndarray]  # signal name ("confidence", "entropy", "lte") -> [b] float32
+    lte_logit: np.ndarray | None = None  # [b] before the sigmoid, when the backend gives that instead of
+    #                                      "lte" (signals a backend does not give, the loop derives)
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,11 @@ class Workspace(ABC):
         """Make `state`'s rows the live rows (as if the last stage had produced them)."""
         raise BackendError(f"{type(self).__name__} cannot take hidden states from the host")
 
+    def monolithic(self, input_ids: np.ndarray, token_type_ids: np.ndarray,
+                   attention_mask: np.ndarray) -> StageOutputs:
+        """All layers in one graph, the last head (the reference a plain deployment runs)."""
+        raise BackendError(f"{type(self).__name__} has no monolithic graph")
+
     def close(self) -> None:
         """Release this workspace's buffers (device memory included)."""
 
@@ -86,11 +93,6 @@ class Backend(ABC):
     @abstractmethod
     def workspace(self) -> Workspace:
         """A new workspace (the loop keeps a pool of them)."""
-
-    def monolithic(self, input_ids: np.ndarray, token_type_ids: np.ndarray,
-                   attention_mask: np.ndarray) -> StageOutputs:
-        """All layers in one graph, the last head (the reference a plain deployment runs)."""
-        raise BackendError(f"backend '{self.name}' has no monolithic graph")
 
     @property
     def has_monolithic(self) -> bool:

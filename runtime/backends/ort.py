@@ -202,16 +202,6 @@ class OrtBackend(Backend):
     def workspace(self) -> "OrtWorkspace":
         return OrtWorkspace(self)
 
-    def monolithic(self, input_ids, token_type_ids, attention_mask) -> StageOutputs:
-        if not self.has_monolithic:
-            raise ArtifactError("this artifact has no monolithic graph (or it was not loaded).")
-        feeds = {M.INPUT_IDS: input_ids, M.ATTENTION_MASK: attention_mask}
-        if self.manifest.uses_token_types:
-            feeds[M.TOKEN_TYPE_IDS] = token_type_ids
-        names = [M.LOGITS, *self.manifest.signals]
-        outs = self.sessions[M.MONOLITHIC].run(names, {k: np.ascontiguousarray(v, np.int64) for k, v in feeds.items()})
-        return StageOutputs(outs[0], dict(zip(names[1:], outs[1:])))
-
     def close(self) -> None:
         self.sessions.clear()
         self.stages = []
@@ -242,12 +232,19 @@ class OrtWorkspace(Workspace):
         self.h, self.c = self.m.hidden_size, self.m.task.num_outputs
         self._ids, self._tt, self._mask = _Grow(np.int64), _Grow(np.int64), _Grow(np.int64)
         self._hid = [_Grow(np.float32), _Grow(np.float32)]
-        self._small = {M.LOGITS: _Grow(np.float32), **{n: _Grow(np.float32) for n in self.m.signals}}
+        self._pool_w = _Grow(np.float32)  # mean pooling weights [b, 1, s] (head layout "logits")
+        self.lean = self.m.head_layout == "logits"
+        self.width = self.m.head_width  # columns of `head`: C logits (+ the LTE logit)
+        self.has_lte = M.LTE in self.m.signals
+        self._small = {M.HEAD: _Grow(np.float32)} if self.lean else \
+            {M.LOGITS: _Grow(np.float32), **{n: _Grow(np.float32) for n in self.m.signals}}
+        self._mono = _Grow(np.float32)  # the monolithic graph's logits
         self._dev: dict[tuple[int, int], list[ort.OrtValue]] = {}  # device mode: per-shape OrtValue pairs
         self._bind_cache: dict[tuple, ort.IOBinding] = {}
         self._sizes: tuple[int, ...] = ()
         self.b = self.s = 0
         self.cur = 0  # which hidden buffer holds the live rows' states
+        self._roles, self._stages = self.m.stage_roles, be.stages
 
     # -- buffers ------------------------------------------------------------------------
     def _views(self, b: int, s: int) -> None:
@@ -258,10 +255,12 @@ class OrtWorkspace(Workspace):
         if self.be.device is None:
             for g in self._hid:
                 g.view((b, s, self.h))
-        for g in self._small.values():
-            g.view((b,))
-        self._small[M.LOGITS].view((b, self.c))
-        sizes = tuple(g.buf.size for g in (self._ids, self._tt, self._mask, *self._hid, *self._small.values()))
+        for name, g in self._small.items():
+            g.view(self._small_shape(name))
+        self._mono.view((b, self.c))
+        self._pool_w.view((b, 1, s))
+        sizes = tuple(g.buf.size for g in (self._ids, self._tt, self._mask, self._pool_w, self._mono, *self._hid,
+                                           *self._small.values()))
         if sizes != self._sizes:
             self._bind_cache.clear()
             self._sizes = sizes
@@ -293,49 +292,87 @@ class OrtWorkspace(Workspace):
     def _in(bnd: ort.IOBinding, name: str, a: np.ndarray) -> None:
         bnd.bind_input(name, "cpu", 0, a.dtype, list(a.shape), a.ctypes.data)
 
-    def _small_views(self) -> dict[str, np.ndarray]:
-        v = {n: g.view((self.b,)) for n, g in self._small.items() if n != M.LOGITS}
-        v[M.LOGITS] = self._small[M.LOGITS].view((self.b, self.c))
-        return v
+    def _small_shape(self, name: str) -> tuple[int, ...]:
+        return (self.b, self.width) if name == M.HEAD else (self.b, self.c) if name == M.LOGITS else (self.b,)
 
-    def _binding(self, role: str, j: int) -> ort.IOBinding:
+    def _small_views(self) -> dict[str, np.ndarray]:
+        return {n: g.view(self._small_shape(n)) for n, g in self._small.items()}
+
+    def _stage_outputs(self, views: dict[str, np.ndarray]) -> StageOutputs:
+        if self.lean:  # views into `head`: logits, then the LTE logit
+            head = views[M.HEAD]
+            return StageOutputs(head[:, :self.c], {}, head[:, self.c] if self.has_lte else None)
+        return StageOutputs(views[M.LOGITS], {n: a for n, a in views.items() if n != M.LOGITS})
+
+    def _set_mask(self, mask: np.ndarray) -> None:
+        """The live rows' mask, and (mean pooling, head layout "logits") their pooling weights."""
+        self._mask.view((self.b, self.s))[:] = mask
+        if self.m.uses_pool_weights:
+            m = mask.astype(np.float32)
+            self._pool_w.view((self.b, 1, self.s))[:, 0, :] = m / np.maximum(m.sum(axis=1, keepdims=True), 1.0)
+
+    def _binding(self, role: str, j: int) -> tuple[ort.IOBinding, StageOutputs | None]:
+        """The cached IOBinding of `role` reading hidden[j] at the current shape, and the views of
+        its small outputs (the same arrays every run: nothing is allocated per call)."""
         key = (role, self.b, self.s, j)
-        bnd = self._bind_cache.get(key)
-        if bnd is not None:
-            return bnd
+        hit = self._bind_cache.get(key)
+        if hit is not None:
+            return hit
         if len(self._bind_cache) >= _MAX_BINDINGS:  # a server sees many (batch, seq) shapes: bound the cache
             self._bind_cache.clear()
         bnd = self.be.sessions[role].io_binding()
         b, s = self.b, self.s
-        if role == M.EMBEDDINGS:
+        if role in (M.EMBEDDINGS, M.MONOLITHIC):
             self._in(bnd, M.INPUT_IDS, self._ids.view((b, s)))
             if self.m.uses_token_types:
                 self._in(bnd, M.TOKEN_TYPE_IDS, self._tt.view((b, s)))
+        outs = None
+        if role == M.EMBEDDINGS:
             self._bind_hidden(bnd, M.HIDDEN_IN, j, out=True)
+        elif role == M.MONOLITHIC:
+            self._in(bnd, M.ATTENTION_MASK, self._mask.view((b, s)))
+            logits = self._mono.view((b, self.c))
+            bnd.bind_output(M.LOGITS, "cpu", 0, logits.dtype, list(logits.shape), logits.ctypes.data)
+            outs = StageOutputs(logits, {})
         else:  # a stage: reads hidden[j], writes hidden[1 - j]
             self._bind_hidden(bnd, M.HIDDEN_IN, j, out=False)
             self._in(bnd, M.ATTENTION_MASK, self._mask.view((b, s)))
+            if self.m.uses_pool_weights:
+                self._in(bnd, M.POOL_WEIGHTS, self._pool_w.view((b, 1, s)))
             self._bind_hidden(bnd, M.HIDDEN_OUT, 1 - j, out=True)
-            for name, a in self._small_views().items():
+            views = self._small_views()
+            for name, a in views.items():
                 bnd.bind_output(name, "cpu", 0, a.dtype, list(a.shape), a.ctypes.data)
-        self._bind_cache[key] = bnd
-        return bnd
+            outs = self._stage_outputs(views)
+        self._bind_cache[key] = (bnd, outs)
+        return bnd, outs
 
     # -- the Workspace interface ----------------------------------------------------------------
-    def embed(self, input_ids, token_type_ids, attention_mask) -> None:
+    def _load_inputs(self, input_ids, token_type_ids, attention_mask) -> None:
         b, s = input_ids.shape
         self._views(b, s)
         self._ids.view((b, s))[:] = input_ids
         self._tt.view((b, s))[:] = token_type_ids
-        self._mask.view((b, s))[:] = attention_mask
+        self._set_mask(attention_mask)
+
+    def embed(self, input_ids, token_type_ids, attention_mask) -> None:
+        self._load_inputs(input_ids, token_type_ids, attention_mask)
         self.cur = 0
-        self.be.sessions[M.EMBEDDINGS].run_with_iobinding(self._binding(M.EMBEDDINGS, 0))
+        self.be.sessions[M.EMBEDDINGS].run_with_iobinding(self._binding(M.EMBEDDINGS, 0)[0])
+
+    def monolithic(self, input_ids, token_type_ids, attention_mask) -> StageOutputs:
+        if not self.be.has_monolithic:
+            raise ArtifactError("this artifact has no monolithic graph (or it was not loaded).")
+        self._load_inputs(input_ids, token_type_ids, attention_mask)
+        bnd, outs = self._binding(M.MONOLITHIC, 0)
+        self.be.sessions[M.MONOLITHIC].run_with_iobinding(bnd)
+        return outs
 
     def run_stage(self, k: int) -> StageOutputs:
-        self.be.stages[k].run_with_iobinding(self._binding(self.m.stage_roles[k], self.cur))
+        bnd, outs = self._binding(self._roles[k], self.cur)
+        self._stages[k].run_with_iobinding(bnd)
         self.cur = 1 - self.cur
-        v = self._small_views()
-        return StageOutputs(v.pop(M.LOGITS), v)
+        return outs
 
     def keep(self, rows: np.ndarray, seq: int) -> None:
         # The kept rows move into the other hidden buffer (no temporary), which becomes current.
@@ -347,7 +384,7 @@ class OrtWorkspace(Workspace):
             hidden = np.ascontiguousarray(self._ortvalues()[src].numpy()[rows, :seq])
         mask = self._mask.view((old_b, old_s))[rows, :seq]
         self._views(len(rows), seq)
-        self._mask.view((self.b, self.s))[:] = mask
+        self._set_mask(mask)
         self._put_hidden(1 - src, hidden)
         self.cur = 1 - src
 
@@ -369,7 +406,7 @@ class OrtWorkspace(Workspace):
         if h != self.h or state.mask.shape != (b, s):
             raise ValueError(f"hidden states {state.hidden.shape} / mask {state.mask.shape} do not fit hidden size {self.h}")
         self._views(b, s)
-        self._mask.view((b, s))[:] = state.mask
+        self._set_mask(state.mask)
         self.cur = 0
         self._put_hidden(0, state.hidden)
 
