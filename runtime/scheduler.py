@@ -27,7 +27,8 @@ the same token length (and policy), so no row is ever padded, and onnxruntime's 
 a row the same bits whatever the batch size (tests/test_serve.py checks alone == mixed, bit for
 bit). Padding is masked, but a longer padded sequence changes the order of the float sums
 (measured: last-bit differences in 1 of 6 rows); `mix_lengths=True` accepts that for bigger
-batches of varied lengths.
+batches of varied lengths. Dynamically quantized (int8) graphs scale activations over the whole
+batch, so there `isolate_rows=True` keeps every row in graph calls of its own.
 """
 from __future__ import annotations
 
@@ -86,6 +87,7 @@ class SchedulerConfig:
     max_passes: int = 2  # layer batching: times a group may be passed over by less advanced rows
     batch_wait_ms: float = 0.0  # request batching: wait this long for a batch to fill
     mix_lengths: bool = False  # let rows of different token lengths share a batch (see the module docstring)
+    isolate_rows: bool = False  # every row in graph calls of its own (int8: activation scales span the batch)
 
     def __post_init__(self):
         if self.batching not in BATCHING:
@@ -291,17 +293,25 @@ class Scheduler:
         """Embed admitted rows: one cohort, or one per token length (unless mix_lengths)."""
         ids, tt, mask = _stack([j.enc for j in jobs])
         rows = np.concatenate([np.arange(j.first_row, j.first_row + j.n) for j in jobs])
-        if self.cfg.mix_lengths:
+        if self.cfg.mix_lengths and not self.cfg.isolate_rows:
             return [self.chain.start(ids, tt, mask, jobs[0].policy, rows)]
         lengths = mask.sum(axis=1)
         out = []
-        for n in np.unique(lengths):
-            sel = np.flatnonzero(lengths == n)
+        for sel in self._groups(lengths):
+            n = int(lengths[sel[0]])
             out.append(self.chain.start(ids[sel, :n], tt[sel, :n], mask[sel, :n], jobs[0].policy, rows[sel]))
         return out
 
+    def _groups(self, lengths: np.ndarray) -> list[np.ndarray]:
+        """Rows that may share a graph call: one per row (isolate_rows), or those of one length."""
+        if self.cfg.isolate_rows:
+            return [np.array([i]) for i in range(len(lengths))]
+        return [np.flatnonzero(lengths == n) for n in np.unique(lengths)]
+
     def _key(self, c: Cohort) -> tuple:
         """Cohorts that may merge: same stage, same policy (and same length unless mix_lengths)."""
+        if self.cfg.isolate_rows:
+            return (c.stage, c.policy, id(c))
         return (c.stage, c.policy) if self.cfg.mix_lengths else (c.stage, c.policy, int(c.lengths[0]))
 
     def _advance(self, c: Cohort) -> None:
@@ -331,8 +341,8 @@ class Scheduler:
             ids, tt, mask = _stack([j.enc for j in jobs])
             rows = np.concatenate([np.arange(j.first_row, j.first_row + j.n) for j in jobs])
             lengths = mask.sum(axis=1)
-            for sel in ([np.arange(len(rows))] if self.cfg.mix_lengths else
-                        [np.flatnonzero(lengths == n) for n in np.unique(lengths)]):
+            for sel in ([np.arange(len(rows))] if self.cfg.mix_lengths and not self.cfg.isolate_rows else
+                        self._groups(lengths)):
                 s = int(lengths[sel].max())
                 t0 = time.perf_counter()
                 res = self.chain.run_monolithic(ids[sel, :s], tt[sel, :s], mask[sel, :s])

@@ -51,6 +51,7 @@ class ServeConfig:
     max_passes: int = 2
     batch_wait_ms: float = 0.0
     mix_lengths: bool = False
+    isolate_rows: bool | None = None  # None: for int8 artifacts (dynamic quantization) only
     max_body_bytes: int = 1 << 20
     max_texts: int = 32
     timeout_ms: float = 10_000.0
@@ -64,10 +65,17 @@ class ServeConfig:
             raise ValueError(f"max_texts ({self.max_texts}) must not exceed max_queue_rows ({self.max_queue_rows})")
         self.scheduler_config()  # its own checks
 
-    def scheduler_config(self) -> SchedulerConfig:
+    def scheduler_config(self, precision: str = "fp32") -> SchedulerConfig:
         return SchedulerConfig(batching=self.batching, mode=self.mode, max_batch_rows=self.max_batch_rows,
                                max_queue_rows=self.max_queue_rows, max_passes=self.max_passes,
-                               batch_wait_ms=self.batch_wait_ms, mix_lengths=self.mix_lengths)
+                               batch_wait_ms=self.batch_wait_ms, mix_lengths=self.mix_lengths,
+                               isolate_rows=isolate_rows(precision, self.isolate_rows))
+
+
+def isolate_rows(precision: str, setting: bool | None) -> bool:
+    """Whether rows must run alone: dynamically quantized (int8) graphs scale activations over
+    the whole batch, so a row's answer would depend on its company."""
+    return precision == "int8" if setting is None else setting
 
 
 class Service:
@@ -104,7 +112,8 @@ class Service:
                 raise ValueError("this artifact has no monolithic graph; export it again without --no-monolithic")
             self.model = m
             self.metrics.set_layers(m.num_layers)
-            self.scheduler = Scheduler(m.chain, self.cfg.scheduler_config(), on_run=self.metrics.batch_run)
+            self.scheduler = Scheduler(m.chain, self.cfg.scheduler_config(m.manifest.precision),
+                                       on_run=self.metrics.batch_run)
             self.ready = True
             log.info("model %s loaded (%s, %s batching, %s threads)", self.cfg.artifact, self.cfg.mode,
                      self.cfg.batching, m.backend.threads if hasattr(m.backend, "threads") else "?")
@@ -301,6 +310,9 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--mix-lengths", action="store_true",
                    help="let rows of different token lengths share a graph call (padded): bigger batches, but a "
                         "row's scores may then differ in the last float bit with the company it keeps")
+    p.add_argument("--isolate-rows", default="auto", choices=["auto", "on", "off"],
+                   help="run every row in graph calls of its own; auto: for int8 artifacts, whose dynamic "
+                        "quantization scales activations over the whole batch")
     p.add_argument("--max-body-bytes", type=positive_int, default=1 << 20, help="larger bodies get 413")
     p.add_argument("--max-texts", type=positive_int, default=32,
                    help="texts (or pairs) per request; more get 413 (at most --max-batch-rows)")
@@ -334,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
                           batching=args.batching, max_batch_rows=args.max_batch_rows,
                           max_queue_rows=args.max_queue_rows, max_passes=args.max_passes,
                           batch_wait_ms=args.batch_wait_ms, mix_lengths=args.mix_lengths,
+                          isolate_rows={"auto": None, "on": True, "off": False}[args.isolate_rows],
                           max_body_bytes=args.max_body_bytes, max_texts=args.max_texts, timeout_ms=args.timeout_ms,
                           shutdown_timeout_s=args.shutdown_timeout_s)
     except (ArtifactError, ValueError) as e:

@@ -169,6 +169,24 @@ def test_a_failing_batch_fails_its_requests_only(model, requests_):
         s.close()
 
 
+def test_isolated_rows_never_share_a_call(model, requests_):
+    """isolate_rows (int8 artifacts by default): every graph call runs one row, answers unchanged."""
+    from runtime.serve import isolate_rows
+    assert isolate_rows("int8", None) and not isolate_rows("fp32", None) and not isolate_rows("int8", False)
+    pol = model.policy("lte", threshold=0.5)
+    for batching in ("layer", "request"):
+        runs: list[int] = []
+        s = Scheduler(model.chain, SchedulerConfig(batching=batching, isolate_rows=True, mix_lengths=True),
+                      on_run=runs.append)
+        try:
+            futs = [(r, s.submit(r, pol)) for r in requests_[:20]]
+            for enc, f in futs:
+                np.testing.assert_array_equal(f.result(30).logits, _alone(model, enc, pol)[1])
+        finally:
+            s.close()
+        assert set(runs) == {1}
+
+
 def test_config_checks():
     for bad in (dict(batching="x"), dict(mode="x"), dict(mode="monolithic", batching="layer"),
                 dict(max_batch_rows=0), dict(max_queue_rows=True), dict(max_passes=-1), dict(batch_wait_ms=-1)):
