@@ -10,7 +10,9 @@ time) at rising offered load against servers started here as subprocesses:
     *-nospin      the same with --thread-pool per-session (onnxruntime threads do not spin)
     ray-1, ray-2  python -m runtime.serve_ray with 1 / 2 replicas (one intra-op thread each),
                   against plain-1t: the plain server with one intra-op thread
-Latency is measured from each request's scheduled send time (no coordinated omission). Per load:
+All servers run at once and each load step is split into segments interleaved across them (the
+same arrival times for each), so a busy machine's drift touches them alike. Latency is
+measured from each request's scheduled send time (no coordinated omission). Per load:
 throughput (answers/s), p50/p99, errors, exit-layer mix, and the CPU the generator itself used
 (it shares the machine's cores: --pin puts the server on core 0 and the generator on core 1).
 Writes serve.json and p99_vs_throughput.png; `max_rps_at_p99` gives, per server, the highest
@@ -181,34 +183,69 @@ async def _load(port: int, texts: list[str], rate: float, seconds: float, seed: 
     wall = time.perf_counter() - t0
     for w in pool:
         w[1].close()
+    return {"lat": lat, "statuses": statuses, "layers": layers, "sent": len(tasks), "wall": wall,
+            "gen_cpu": time.process_time() - cpu0}
+
+
+def _summary(rate: float, raws: list[dict]) -> dict:
+    """One load step over all its segments (rounds)."""
+    lat = [x for r in raws for x in r["lat"]]
     a = np.asarray(lat) if lat else np.asarray([np.nan])
-    return {"offered_rps": rate, "sent": len(tasks), "wall_s": round(wall, 3),
-            "throughput_rps": round(statuses.get(200, 0) / wall, 2),
+    st: dict = {}
+    lay: dict = {}
+    for r in raws:
+        for k, v in r["statuses"].items():
+            st[k] = st.get(k, 0) + v
+        for k, v in r["layers"].items():
+            lay[k] = lay.get(k, 0) + v
+    wall = sum(r["wall"] for r in raws)
+    n_ok = st.get(200, 0)
+    return {"offered_rps": rate, "sent": sum(r["sent"] for r in raws), "wall_s": round(wall, 3),
+            "throughput_rps": round(n_ok / wall, 2),
             "latency_ms_p50": round(float(np.percentile(a, 50)), 3), "latency_ms_p99": round(float(np.percentile(a, 99)), 3),
-            "statuses": {str(k): v for k, v in sorted(statuses.items())},
-            "exit_layers": {str(k): v for k, v in sorted(layers.items())},
-            "generator_cpu_s": round(time.process_time() - cpu0, 3)}
+            "statuses": {str(k): v for k, v in sorted(st.items())},
+            "exit_layers": {str(k): v for k, v in sorted(lay.items())},
+            "avg_exit_layer": round(sum(int(k) * v for k, v in lay.items()) / max(n_ok, 1), 3),
+            "generator_cpu_s": round(sum(r["gen_cpu"] for r in raws), 3),
+            "generator_cpu_ms_per_request": round(sum(r["gen_cpu"] for r in raws) / max(n_ok, 1) * 1e3, 3)}
 
 
-def bench_server(name: str, artifact: str, texts: list[str], rates: list[float], seconds: float, pin: bool,
-                 stop_p99_ms: float) -> dict:
-    srv = ServerProc(name, artifact, pin)
+def bench(names: list[str], artifact: str, texts: list[str], rates: list[float], seconds: float, rounds: int,
+          pin: bool, stop_p99_ms: float) -> list[dict]:
+    """All servers up at once; every load step runs `rounds` segments per server, interleaved
+    (server A, B, ..., A, B, ...) with the same arrival times, so drift on a shared machine
+    touches them alike. A server leaves the ramp once saturated."""
+    servers = {}
     try:
-        asyncio.run(_load(srv.port, texts, min(rates), 2.0, seed=99))  # warm-up
-        rows = []
+        for n in names:
+            servers[n] = ServerProc(n, artifact, pin)
+            asyncio.run(_load(servers[n].port, texts, min(rates), 2.0, seed=99))  # warm-up
+        rows: dict[str, list[dict]] = {n: [] for n in names}
+        active = list(names)
         for i, rate in enumerate(rates):
-            c0 = srv.cpu_seconds()
-            r = asyncio.run(_load(srv.port, texts, rate, seconds, seed=i))
-            r["server_cpu_s"] = round(srv.cpu_seconds() - c0, 3)
-            rows.append(r)
-            print(f"{name:13s} offered {rate:6.0f}/s -> {r['throughput_rps']:7.1f}/s  p50 {r['latency_ms_p50']:7.1f} ms  "
-                  f"p99 {r['latency_ms_p99']:8.1f} ms  statuses {r['statuses']}  gen cpu {r['generator_cpu_s']:.1f}s",
-                  flush=True)
-            if r["latency_ms_p99"] > stop_p99_ms or r["statuses"].get("200", 0) < 0.9 * r["sent"]:
-                break  # saturated: higher loads only queue
-        return {"server": name, "loads": rows}
+            raws: dict[str, list[dict]] = {n: [] for n in active}
+            cpu: dict[str, float] = {n: 0.0 for n in active}
+            for r in range(rounds):
+                for n in active:
+                    c0 = servers[n].cpu_seconds()
+                    raws[n].append(asyncio.run(_load(servers[n].port, texts, rate, seconds, seed=1000 * i + r)))
+                    cpu[n] += servers[n].cpu_seconds() - c0
+            for n in list(active):
+                row = _summary(rate, raws[n])
+                row["server_cpu_s"] = round(cpu[n], 3)
+                row["server_cpu_ms_per_request"] = round(cpu[n] / max(row["statuses"].get("200", 0), 1) * 1e3, 3)
+                rows[n].append(row)
+                print(f"{n:20s} offered {rate:6.0f}/s -> {row['throughput_rps']:7.1f}/s  p50 {row['latency_ms_p50']:7.1f} "
+                      f"ms  p99 {row['latency_ms_p99']:8.1f} ms  {row['statuses']}  server cpu "
+                      f"{row['server_cpu_ms_per_request']:.1f} ms/req", flush=True)
+                if row["latency_ms_p99"] > stop_p99_ms or row["statuses"].get("200", 0) < 0.9 * row["sent"]:
+                    active.remove(n)  # saturated: higher loads only queue
+            if not active:
+                break
+        return [{"server": n, "loads": rows[n]} for n in names]
     finally:
-        srv.stop()
+        for srv in servers.values():
+            srv.stop()
 
 
 def max_rps_at_p99(rows: list[dict], target_ms: float) -> float:
@@ -240,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
                                                     "ee-layer-nospin", "mono-request-nospin"],
                    choices=list(SERVERS))
     p.add_argument("--rates", nargs="+", type=float, default=[25, 50, 100, 150, 200, 250, 300, 400, 500])
-    p.add_argument("--seconds", type=float, default=10.0, help="length of each load step")
+    p.add_argument("--seconds", type=float, default=4.0, help="length of one segment")
+    p.add_argument("--rounds", type=int, default=3, help="segments per server and load step (interleaved)")
     p.add_argument("--p99-target-ms", type=float, default=50.0)
     p.add_argument("--stop-p99-ms", type=float, default=1000.0, help="stop raising the load past this p99")
     p.add_argument("--pin", action="store_true", help="server on core 0, this generator on core 1")
@@ -251,9 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.pin:
         os.sched_setaffinity(0, {1})
     texts = load_split("sst2", "dev", a.data_dir).text_a
-    results = [bench_server(s, a.artifact, texts, a.rates, a.seconds, a.pin, a.stop_p99_ms) for s in a.servers]
+    results = bench(a.servers, a.artifact, texts, a.rates, a.seconds, a.rounds, a.pin, a.stop_p99_ms)
     best = {r["server"]: max_rps_at_p99(r["loads"], a.p99_target_ms) for r in results}
-    res = {"artifact": a.artifact, "pinned": a.pin, "p99_target_ms": a.p99_target_ms, "seconds_per_load": a.seconds,
+    res = {"artifact": a.artifact, "pinned": a.pin, "p99_target_ms": a.p99_target_ms,
+           "segments": {"seconds": a.seconds, "rounds": a.rounds},
            "max_rps_at_p99": best, "results": results, "env": environment(threads=0)}
     ratios = {}
     for k, v in best.items():  # early exit over the monolithic server with the same thread pool

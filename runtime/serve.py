@@ -289,7 +289,8 @@ def parse_args(argv: list[str] | None = None):
                    help="worker processes, each with its own copy of the model and its own scheduler; the cores "
                         "are split between them (--threads defaults to cores / workers)")
     p.add_argument("--threads", type=positive_int, default=None,
-                   help=f"intra-op threads per worker (default: {cores} cores / workers, at least 1)")
+                   help=f"intra-op threads per worker (none given: cores / workers, at least 1; this machine "
+                        f"has {cores} cores)")
     p.add_argument("--thread-pool", default="shared", choices=["shared", "per-session"],
                    help="shared: one onnxruntime pool for the process (its threads spin between calls: fastest "
                         "per call, but the spinning takes CPU from the HTTP side); per-session: pools with "

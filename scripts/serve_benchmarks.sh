@@ -12,6 +12,7 @@ python -m benchmarks.scheduler --artifact "$ART" --out results/serve
 python -m benchmarks.scheduler --artifact "$ART" --out results/serve/per_session --thread-pool per-session
 python -m benchmarks.serve --artifact "$ART" --out results/serve
 python -m benchmarks.serve --artifact "$ART" --out results/serve --pin
-python -m benchmarks.serve --artifact "$ART" --out results/serve/ray --servers plain-1t ray-1 ray-2
+python -m benchmarks.serve --artifact "$ART" --out results/serve/ray_1 --servers plain-1t ray-1
+python -m benchmarks.serve --artifact "$ART" --out results/serve/ray_2 --servers plain-1t ray-2
 python -m benchmarks.serve_fault --artifact "$ART" --seconds 20 --clients 4 --out results/serve/fault.json
 python -m benchmarks.serve_soak --artifact "$ART" --seconds 600 --out results/serve/soak.json

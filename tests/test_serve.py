@@ -255,3 +255,16 @@ def test_cli_errors(sst2_art, tmp_path):
         assert r.returncode == 2, bad
     r = run("--help")
     assert r.returncode == 0 and "threads per worker" in " ".join(r.stdout.split())
+
+
+def test_the_open_loop_benchmark_runs_end_to_end(sst2_art, texts):
+    from benchmarks.serve import bench, max_rps_at_p99
+    res = bench(["ee-layer", "mono-request"], str(sst2_art), texts, [20.0], seconds=1.0, rounds=2, pin=False,
+                stop_p99_ms=10_000)
+    for r in res:
+        (row,) = r["loads"]
+        assert row["statuses"] == {"200": row["sent"]} and row["sent"] > 0
+        assert sum(row["exit_layers"].values()) == row["sent"] and row["throughput_rps"] > 0
+        assert row["latency_ms_p50"] <= row["latency_ms_p99"]
+        assert max_rps_at_p99(r["loads"], 1e9) == row["throughput_rps"] and max_rps_at_p99(r["loads"], 0) == 0
+    assert set(res[1]["loads"][0]["exit_layers"]) == {"2"}  # monolithic: every row at the last layer
