@@ -9,8 +9,9 @@ rows exit, checks that what they answer is finite, records them, and keeps only 
 (compaction), cut to the longest remaining row (right padding). Results come back in input
 order. A backend only embeds, runs a stage and keeps rows (runtime/backends/base.py).
 
-Runs can also be driven one stage at a time (`start` / `advance` / `merge`): a server batches
-rows of different requests that have reached the same exit into one run of the next stage.
+Runs can also be driven one stage at a time (`start` / `advance` / `merge` / `drop`): a server
+(runtime/scheduler.py) batches rows of different requests that have reached the same exit into
+one run of the next stage, and drops the rows of requests that were cancelled.
 Workspaces come from a pool: one per concurrent run; backends with a single workspace (one CUDA
 stream) serialise runs there, which makes every backend safe to share between threads.
 """
@@ -185,6 +186,18 @@ class Chain:
         finally:
             self._pool.release(ws)
 
+    def run_monolithic(self, input_ids: np.ndarray, token_type_ids: np.ndarray,
+                       attention_mask: np.ndarray) -> ChainResult:
+        """The single graph as a plain deployment answers: every row at the last layer, its logits
+        checked for finiteness, in `run`'s result layout (signals: those the logits give)."""
+        lg = self.monolithic(input_ids, token_type_ids, attention_mask).logits
+        bad = ~np.isfinite(lg).all(axis=1)
+        layer = int(self._exit_layers[-1])
+        err = [f"{NONFINITE} (NaN or infinity) in the monolithic graph: the artifact is broken; re-export it"
+               if x else None for x in bad.tolist()]
+        sig = {m: derive_signal(m, lg, None) for m in self.signals if m != "lte"}
+        return ChainResult(np.full(lg.shape[0], layer, np.int64), lg, sig, err)
+
     # -- one stage at a time ------------------------------------------------------------------
     def start(self, input_ids: np.ndarray, token_type_ids: np.ndarray, attention_mask: np.ndarray,
               policy: ExitPolicy, rows: np.ndarray | None = None) -> Cohort:
@@ -295,6 +308,20 @@ class Chain:
             raise
         return Cohort(policy, np.concatenate([c.rows for c in live]), np.concatenate([c.lengths for c in live]),
                       PolicyState.concat([c.state for c in live]), stage, ws)
+
+    def drop(self, c: Cohort, rows: np.ndarray) -> None:
+        """Take caller rows `rows` out of the cohort without an answer (a cancelled or timed-out
+        request); the others go on. A cohort left with no row gives its workspace back."""
+        if c.ws is None:
+            return
+        keep = np.flatnonzero(~np.isin(c.rows, np.asarray(rows)))
+        if len(keep) == c.size:
+            return
+        if len(keep) == 0:
+            self._finish(c)
+            return
+        c.rows, c.lengths, c.state = c.rows[keep], c.lengths[keep], c.state.take(keep)
+        c.ws.keep(keep, int(c.lengths.max()))
 
     def abandon(self, c: Cohort) -> None:
         """Give a cohort's workspace back without finishing it (errors, cancelled requests)."""

@@ -15,9 +15,11 @@ def _loaded_after(code: str) -> set[str]:
 
 
 def test_importing_runtime_loads_no_torch():
-    mods = _loaded_after("import runtime, runtime.model, runtime.chain, runtime.predict, runtime.calibrate, runtime.tasks")
+    mods = _loaded_after("import runtime, runtime.model, runtime.chain, runtime.predict, runtime.calibrate, runtime.tasks, "
+                         "runtime.scheduler, runtime.serve, runtime.serve_ray")
     assert "numpy" in mods and "runtime.chain" in mods  # the check itself works
     assert "torch" not in mods and "transformers" not in mods
+    assert not {"starlette", "uvicorn", "ray"} & mods  # the server's extras load only when serving
 
 
 def test_running_the_runtime_loads_no_torch(rte_art):

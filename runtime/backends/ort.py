@@ -238,6 +238,9 @@ class OrtBackend(Backend):
         self.stages = []
 
 
+_MAX_BINDINGS = 512  # cached IOBindings per workspace (roles x shapes)
+
+
 class _Grow:
     """A flat host buffer that grows to the largest shape asked for; views are contiguous prefixes."""
 
@@ -346,6 +349,8 @@ class OrtWorkspace(Workspace):
         hit = self._bind_cache.get(key)
         if hit is not None:
             return hit
+        if len(self._bind_cache) >= _MAX_BINDINGS:  # a server sees many (batch, seq) shapes: bound the cache
+            self._bind_cache.clear()
         bnd = self.be.sessions[role].io_binding()
         b, s = self.b, self.s
         if role in (M.EMBEDDINGS, M.MONOLITHIC):
