@@ -43,6 +43,19 @@ class Prediction:
                 "truncated": self.truncated, "error": self.error}
 
 
+def default_policy(m: Manifest) -> ExitPolicy:
+    """The manifest's default policy, checked against the model (ArtifactError if unusable)."""
+    d = m.default_policy or {"name": "fixed", "exit_layer": m.num_layers}
+    try:
+        return make_policy(d.get("name"), task_kind=m.task.kind, num_layers=m.num_layers, signals=m.signals,
+                           num_classes=max(m.task.num_outputs, 2), threshold=d.get("threshold"),
+                           exit_layer=d.get("exit_layer"), patience=d.get("patience"),
+                           per_layer=d.get("per_layer_thresholds"), exits=m.exits)
+    except PolicyError as e:
+        raise ArtifactError(f"manifest.json: default_policy is not usable ({e}); calibrate again with "
+                            f"`python -m runtime.calibrate` or re-export the artifact.") from None
+
+
 def _check_threads(threads: int | None) -> int | None:
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
@@ -115,13 +128,7 @@ class EarlyExitModel:
                            patience=patience, per_layer=per_layer, exits=self.exits)
 
     def _default_policy(self) -> ExitPolicy:
-        d = self.manifest.default_policy or {"name": "fixed", "exit_layer": self.num_layers}
-        try:
-            return self.policy(d.get("name"), threshold=d.get("threshold"), exit_layer=d.get("exit_layer"),
-                               patience=d.get("patience"), per_layer=d.get("per_layer_thresholds"))
-        except PolicyError as e:
-            raise ArtifactError(f"manifest.json: default_policy is not usable ({e}); calibrate again with "
-                                f"`python -m runtime.calibrate` or re-export the artifact.") from None
+        return default_policy(self.manifest)
 
     # -- running --------------------------------------------------------------------------------
     def encode(self, texts_a: Sequence[str], texts_b: Sequence[str] | None = None) -> Encoded:
