@@ -14,7 +14,9 @@ after its check is never loaded), after refusing graphs that ask for external da
 """
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import os
 import threading
 
@@ -248,7 +250,7 @@ class _Grow:
         self.dtype, self.buf = dtype, np.zeros(0, dtype)
 
     def view(self, shape: tuple[int, ...]) -> np.ndarray:
-        n = int(np.prod(shape))
+        n = math.prod(shape)
         if n > self.buf.size:
             self.buf = np.zeros(max(n, 2 * self.buf.size), self.dtype)
         return self.buf[:n].reshape(shape)
@@ -271,33 +273,46 @@ class OrtWorkspace(Workspace):
             {M.LOGITS: _Grow(np.float32), **{n: _Grow(np.float32) for n in self.m.signals}}
         self._mono = _Grow(np.float32)  # the monolithic graph's logits
         self._dev: dict[tuple[int, int], list[ort.OrtValue]] = {}  # device mode: per-shape OrtValue pairs
-        self._bind_cache: dict[tuple, ort.IOBinding] = {}
+        self._bind_cache: dict[tuple, tuple] = {}
+        self._vcache: dict[tuple[int, int], dict] = {}  # (b, s) -> the views of every buffer at that shape
+        self.v: dict = {}
         self._sizes: tuple[int, ...] = ()
         self.b = self.s = 0
         self.cur = 0  # which hidden buffer holds the live rows' states
         self._roles, self._stages = self.m.stage_roles, be.stages
+        self._pool = self.m.uses_pool_weights
 
     # -- buffers ------------------------------------------------------------------------
     def _views(self, b: int, s: int) -> None:
-        """Size every buffer for (b, s); bindings made for smaller buffers are dropped when one grows."""
+        """Make (b, s) the current shape: every buffer's view at it (cached per shape). When a buffer
+        has to grow, the views and bindings made on the old buffers are dropped."""
         self.b, self.s = b, s
-        for g in (self._ids, self._tt, self._mask):
-            g.view((b, s))
-        if self.be.device is None:
-            for g in self._hid:
-                g.view((b, s, self.h))
-        for name, g in self._small.items():
-            g.view(self._small_shape(name))
-        self._mono.view((b, self.c))
-        self._pool_w.view((b, 1, s))
-        sizes = tuple(g.buf.size for g in (self._ids, self._tt, self._mask, self._pool_w, self._mono, *self._hid,
-                                           *self._small.values()))
-        if sizes != self._sizes:
-            self._bind_cache.clear()
-            self._sizes = sizes
+        v = self._vcache.get((b, s))
+        if v is None:
+            for g in (self._ids, self._tt, self._mask):
+                g.view((b, s))
+            if self.be.device is None:
+                for g in self._hid:
+                    g.view((b, s, self.h))
+            for name, g in self._small.items():
+                g.view(self._small_shape(name))
+            self._mono.view((b, self.c))
+            self._pool_w.view((b, 1, s))
+            sizes = tuple(g.buf.size for g in (self._ids, self._tt, self._mask, self._pool_w, self._mono, *self._hid,
+                                               *self._small.values()))
+            if sizes != self._sizes or len(self._vcache) >= _MAX_BINDINGS:
+                self._bind_cache.clear()
+                self._vcache.clear()
+                self._sizes = sizes
+            v = {"ids": self._ids.view((b, s)), "tt": self._tt.view((b, s)), "mask": self._mask.view((b, s)),
+                 "pool_w": self._pool_w.view((b, 1, s)), "mono": self._mono.view((b, self.c)),
+                 "hid": [g.view((b, s, self.h)) for g in self._hid] if self.be.device is None else None,
+                 "small": {n: g.view(self._small_shape(n)) for n, g in self._small.items()}}
+            self._vcache[(b, s)] = v
+        self.v = v
 
     def _hidden(self, j: int) -> np.ndarray:
-        return self._hid[j].view((self.b, self.s, self.h))
+        return self.v["hid"][j]
 
     def _ortvalues(self) -> list[ort.OrtValue]:
         key = (self.b, self.s)
@@ -327,7 +342,7 @@ class OrtWorkspace(Workspace):
         return (self.b, self.width) if name == M.HEAD else (self.b, self.c) if name == M.LOGITS else (self.b,)
 
     def _small_views(self) -> dict[str, np.ndarray]:
-        return {n: g.view(self._small_shape(n)) for n, g in self._small.items()}
+        return dict(self.v["small"])
 
     def _stage_outputs(self, views: dict[str, np.ndarray]) -> StageOutputs:
         if self.lean:  # views into `head`: logits, then the LTE logit
@@ -337,83 +352,83 @@ class OrtWorkspace(Workspace):
 
     def _set_mask(self, mask: np.ndarray) -> None:
         """The live rows' mask, and (mean pooling, head layout "logits") their pooling weights."""
-        self._mask.view((self.b, self.s))[:] = mask
-        if self.m.uses_pool_weights:
+        self.v["mask"][:] = mask
+        if self._pool:
             m = mask.astype(np.float32)
-            self._pool_w.view((self.b, 1, self.s))[:, 0, :] = m / np.maximum(m.sum(axis=1, keepdims=True), 1.0)
+            self.v["pool_w"][:, 0, :] = m / np.maximum(m.sum(axis=1, keepdims=True), 1.0)
 
-    def _binding(self, role: str, j: int) -> tuple[ort.IOBinding, StageOutputs | None]:
-        """The cached IOBinding of `role` reading hidden[j] at the current shape, and the views of
-        its small outputs (the same arrays every run: nothing is allocated per call)."""
+    def _binding(self, role: str, j: int) -> tuple[object, StageOutputs | None]:
+        """A runner for `role` reading hidden[j] at the current shape (its IOBinding cached), and the
+        views of its small outputs (the same arrays every run: nothing is allocated per call)."""
         key = (role, self.b, self.s, j)
         hit = self._bind_cache.get(key)
         if hit is not None:
             return hit
         if len(self._bind_cache) >= _MAX_BINDINGS:  # a server sees many (batch, seq) shapes: bound the cache
             self._bind_cache.clear()
-        bnd = self.be.sessions[role].io_binding()
-        b, s = self.b, self.s
+        sess = self.be.sessions[role]
+        bnd = sess.io_binding()
+        v = self.v
         if role in (M.EMBEDDINGS, M.MONOLITHIC):
-            self._in(bnd, M.INPUT_IDS, self._ids.view((b, s)))
+            self._in(bnd, M.INPUT_IDS, v["ids"])
             if self.m.uses_token_types:
-                self._in(bnd, M.TOKEN_TYPE_IDS, self._tt.view((b, s)))
+                self._in(bnd, M.TOKEN_TYPE_IDS, v["tt"])
         outs = None
         if role == M.EMBEDDINGS:
             self._bind_hidden(bnd, M.HIDDEN_IN, j, out=True)
         elif role == M.MONOLITHIC:
-            self._in(bnd, M.ATTENTION_MASK, self._mask.view((b, s)))
-            logits = self._mono.view((b, self.c))
+            self._in(bnd, M.ATTENTION_MASK, v["mask"])
+            logits = v["mono"]
             bnd.bind_output(M.LOGITS, "cpu", 0, logits.dtype, list(logits.shape), logits.ctypes.data)
             outs = StageOutputs(logits, {})
         else:  # a stage: reads hidden[j], writes hidden[1 - j]
             self._bind_hidden(bnd, M.HIDDEN_IN, j, out=False)
-            self._in(bnd, M.ATTENTION_MASK, self._mask.view((b, s)))
-            if self.m.uses_pool_weights:
-                self._in(bnd, M.POOL_WEIGHTS, self._pool_w.view((b, 1, s)))
+            self._in(bnd, M.ATTENTION_MASK, v["mask"])
+            if self._pool:
+                self._in(bnd, M.POOL_WEIGHTS, v["pool_w"])
             self._bind_hidden(bnd, M.HIDDEN_OUT, 1 - j, out=True)
             views = self._small_views()
             for name, a in views.items():
                 bnd.bind_output(name, "cpu", 0, a.dtype, list(a.shape), a.ctypes.data)
             outs = self._stage_outputs(views)
-        self._bind_cache[key] = (bnd, outs)
-        return bnd, outs
+        hit = (_runner(sess, bnd), outs)
+        self._bind_cache[key] = hit
+        return hit
 
     # -- the Workspace interface ----------------------------------------------------------------
     def _load_inputs(self, input_ids, token_type_ids, attention_mask) -> None:
-        b, s = input_ids.shape
-        self._views(b, s)
-        self._ids.view((b, s))[:] = input_ids
-        self._tt.view((b, s))[:] = token_type_ids
+        self._views(*input_ids.shape)
+        self.v["ids"][:] = input_ids
+        self.v["tt"][:] = token_type_ids
         self._set_mask(attention_mask)
 
     def embed(self, input_ids, token_type_ids, attention_mask) -> None:
         self._load_inputs(input_ids, token_type_ids, attention_mask)
         self.cur = 0
-        self.be.sessions[M.EMBEDDINGS].run_with_iobinding(self._binding(M.EMBEDDINGS, 0)[0])
+        self._binding(M.EMBEDDINGS, 0)[0]()
 
     def monolithic(self, input_ids, token_type_ids, attention_mask) -> StageOutputs:
         if not self.be.has_monolithic:
             raise ArtifactError("this artifact has no monolithic graph (or it was not loaded).")
         self._load_inputs(input_ids, token_type_ids, attention_mask)
-        bnd, outs = self._binding(M.MONOLITHIC, 0)
-        self.be.sessions[M.MONOLITHIC].run_with_iobinding(bnd)
+        run, outs = self._binding(M.MONOLITHIC, 0)
+        run()
         return outs
 
     def run_stage(self, k: int) -> StageOutputs:
-        bnd, outs = self._binding(self._roles[k], self.cur)
-        self._stages[k].run_with_iobinding(bnd)
+        run, outs = self._binding(self._roles[k], self.cur)
+        run()
         self.cur = 1 - self.cur
         return outs
 
     def keep(self, rows: np.ndarray, seq: int) -> None:
         # The kept rows move into the other hidden buffer (no temporary), which becomes current.
         src = self.cur
-        old_b, old_s = self.b, self.s
         if self.be.device is None:
             hidden = self._hidden(src)[rows, :seq]  # fancy indexing: a copy
         else:  # a round trip through the host, on compaction only
             hidden = np.ascontiguousarray(self._ortvalues()[src].numpy()[rows, :seq])
-        mask = self._mask.view((old_b, old_s))[rows, :seq]
+        mask = self.v["mask"][rows, :seq]
         self._views(len(rows), seq)
         self._set_mask(mask)
         self._put_hidden(1 - src, hidden)
@@ -430,7 +445,7 @@ class OrtWorkspace(Workspace):
             hidden = self._hidden(self.cur).copy()
         else:
             hidden = self._ortvalues()[self.cur].numpy().copy()
-        return HiddenState(hidden, self._mask.view((self.b, self.s)).copy())
+        return HiddenState(hidden, self.v["mask"].copy())
 
     def load(self, state: HiddenState) -> None:
         b, s, h = state.hidden.shape
@@ -443,4 +458,16 @@ class OrtWorkspace(Workspace):
 
     def close(self) -> None:
         self._bind_cache.clear()
+        self._vcache.clear()
         self._dev.clear()
+
+
+def _runner(sess: ort.InferenceSession, bnd: ort.IOBinding):
+    """A zero-argument call that runs `sess` on `bnd`. onnxruntime's Python wrapper re-checks
+    graph-capture settings on every call (a few microseconds, seven times per batch-1 run); its
+    C binding is called directly when this onnxruntime exposes it, the wrapper otherwise."""
+    core, native = getattr(sess, "_sess", None), getattr(bnd, "_iobinding", None)
+    fast = getattr(core, "run_with_iobinding", None)
+    if fast is not None and native is not None:
+        return functools.partial(fast, native, None)
+    return functools.partial(sess.run_with_iobinding, bnd)
