@@ -5,5 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 total=${1:-600}
-export BERXIT_FUZZ_SECONDS=$(( total / 4 )) HF_HUB_OFFLINE=1
-python -m pytest -q -p no:cacheprovider tests/test_fuzz.py --hypothesis-show-statistics
+export BERXIT_FUZZ_SECONDS=$(( total / 4 )) HF_HUB_OFFLINE=1 BERXIT_FUZZ_REPORT=${BERXIT_FUZZ_REPORT:-fuzz_report.txt}
+rm -f "$BERXIT_FUZZ_REPORT"
+python -m pytest -q -p no:cacheprovider tests/test_fuzz.py
+cat "$BERXIT_FUZZ_REPORT"

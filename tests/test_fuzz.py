@@ -54,12 +54,24 @@ def _mutate(raw, path, value, delete):
     return raw
 
 
-def _repeat(fn):
-    """Run a @given test once (CI), or again and again with fresh examples for SECONDS."""
-    end = time.time() + SECONDS
+COUNT: dict[str, int] = {}
+
+
+def _count(name: str) -> None:
+    COUNT[name] = COUNT.get(name, 0) + 1
+
+
+def _repeat(fn, name: str):
+    """Run a @given test once (CI), or again and again with fresh examples for SECONDS; with
+    BERXIT_FUZZ_REPORT set, append the number of examples and the time taken to that file."""
+    t0 = time.time()
     fn()
-    while time.time() < end:
+    while time.time() < t0 + SECONDS:
         fn()
+    report = os.environ.get("BERXIT_FUZZ_REPORT")
+    if report:
+        with open(report, "a") as f:
+            f.write(f"{name}: {COUNT.get(name, 0)} examples in {time.time() - t0:.0f} s, no unexpected exception\n")
 
 
 def test_fuzz_manifest(rte_art):
@@ -69,6 +81,7 @@ def test_fuzz_manifest(rte_art):
     @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=not SECONDS)
     @given(st.lists(st.tuples(st.sampled_from(paths), json_values, st.booleans()), min_size=1, max_size=3))
     def check(edits):
+        _count("manifest")
         raw = json.loads(json.dumps(base))
         for path, value, delete in edits:
             try:
@@ -80,7 +93,7 @@ def test_fuzz_manifest(rte_art):
             default_policy(m)
         except ArtifactError as e:
             assert str(e) and "\n" not in str(e)
-    _repeat(check)
+    _repeat(check, "manifest")
 
 
 def test_fuzz_text_inputs(rte_art):
@@ -92,6 +105,7 @@ def test_fuzz_text_inputs(rte_art):
     @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=not SECONDS)
     @given(texts, texts | st.none(), st.booleans())
     def check(a, b, use_pair):
+        _count("text_inputs")
         enc = pair if use_pair else single
         try:
             e = enc.encode(a, b)
@@ -101,7 +115,7 @@ def test_fuzz_text_inputs(rte_art):
         n, s = e.shape
         assert n == len(a) and 1 <= s <= 32 and (e.attention_mask.sum(axis=1) >= 1).all()
         assert e.input_ids.dtype == np.int64 and e.truncated.shape == (n,)
-    _repeat(check)
+    _repeat(check, "text_inputs")
 
 
 def test_fuzz_input_files(rte_art, tmp_path):
@@ -111,6 +125,7 @@ def test_fuzz_input_files(rte_art, tmp_path):
     @given(st.binary(max_size=200) | st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")),
            st.booleans())
     def check(content, pair):
+        _count("input_files")
         f = tmp_path / "in.txt"
         f.write_bytes(content)
         try:
@@ -119,7 +134,7 @@ def test_fuzz_input_files(rte_art, tmp_path):
             assert str(err) and "\n" not in str(err)
             return
         assert a and (b is None) == (not pair) and (b is None or len(b) == len(a))
-    _repeat(check)
+    _repeat(check, "input_files")
 
 
 def test_fuzz_policy_values():
@@ -130,6 +145,7 @@ def test_fuzz_policy_values():
     @settings(max_examples=EXAMPLES * 3, deadline=None, derandomize=not SECONDS)
     @given(st.sampled_from(["confidence", "entropy", "lte", "patience", "fixed", "x"]), nums, nums, nums, nums)
     def check(name, threshold, exit_layer, patience, per_layer):
+        _count("policy_values")
         try:
             p = make_policy(name, task_kind="classification", num_layers=3, signals=("confidence", "entropy", "lte"),
                             threshold=threshold, exit_layer=exit_layer, patience=patience, per_layer=per_layer)
@@ -137,4 +153,4 @@ def test_fuzz_policy_values():
             return
         for t in (p.per_layer or ()) + ((p.threshold,) if p.threshold is not None else ()):
             assert math.isfinite(t)
-    _repeat(check)
+    _repeat(check, "policy_values")
