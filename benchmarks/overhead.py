@@ -51,6 +51,9 @@ def strip_head(path: Path) -> bytes:
     return m.SerializeToString()
 
 
+_BARE: dict[tuple[str, str], object] = {}  # (artifact, role) -> the stage's session with its head cut off
+
+
 class _Raw:
     """The artifact's sessions bound to fixed buffers for one input, run back to back."""
 
@@ -72,7 +75,10 @@ class _Raw:
         for j, role in enumerate(m.stage_roles):
             g = m.graphs[role]
             if bare:
-                sess = make_session(strip_head(m.path(g.file)), model.threads, thread_pool=be.thread_pool)
+                key = (str(m.root), role)
+                if key not in _BARE:
+                    _BARE[key] = make_session(strip_head(m.path(g.file)), model.threads, thread_pool=be.thread_pool)
+                sess = _BARE[key]
                 names = [i.name for i in sess.get_inputs()]
             else:
                 sess, names = be.sessions[role], list(g.inputs)

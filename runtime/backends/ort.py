@@ -5,10 +5,14 @@ What makes a chain of sessions as fast as one graph on a small CPU (../shared/PR
   * IOBinding onto preallocated buffers: stage k writes its hidden states straight into the
     buffer stage k + 1 reads (ping-pong), exit signals land in small arrays read in place;
   * threads that do not fight: with `thread_pool="shared"` every session runs on one
-    process-wide onnxruntime pool and one CPU arena (fastest; but onnxruntime then refuses other
-    sessions in the process that ask for their own pool, so it is for processes the toolkit owns:
-    its CLIs and server). The default, `per-session`, gives each session its own pool with
-    spinning off, so idle pools do not starve the next graph, and leaves the process as it was.
+    process-wide onnxruntime pool (fastest; but onnxruntime then refuses other sessions in the
+    process that ask for their own pool, so it is for processes the toolkit owns: its CLIs and
+    server). The default, `per-session`, gives each session its own pool with spinning off, so
+    idle pools do not starve the next graph, and leaves the process as it was;
+  * each session keeps its own memory arena. One arena shared by every session (onnxruntime's
+    session.use_env_allocators) made the chain's BiasGelu kernels 2.3x slower from the second
+    stage on, and the chain 10% slower than the monolithic graph instead of 3%
+    (results/overhead/, benchmarks/overhead_ab.py).
 Sessions are created from the verified bytes of each graph (never by name, so a file swapped
 after its check is never loaded), after refusing graphs that ask for external data files.
 """
@@ -67,7 +71,7 @@ _PER_SESSION_ONLY = False  # onnxruntime's environment exists without a global p
 
 
 def _ensure_shared_pool(threads: int) -> bool:
-    """Ask for onnxruntime's process-wide thread pool and shared CPU arena (once per process).
+    """Ask for onnxruntime's process-wide thread pool (once per process).
     False when the process's onnxruntime environment already exists without one."""
     global _POOL_THREADS
     with _POOL_LOCK:
@@ -76,8 +80,6 @@ def _ensure_shared_pool(threads: int) -> bool:
         if _POOL_THREADS is None:
             from onnxruntime.capi import _pybind_state as C
             C.set_global_thread_pool_sizes(threads, 1)
-            ort.create_and_register_allocator(
-                ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT), None)
             _POOL_THREADS = threads
         elif _POOL_THREADS != threads:
             raise BackendError(f"this process's shared onnxruntime thread pool has {_POOL_THREADS} threads; "
@@ -98,7 +100,6 @@ def _options(threads: int, shared: bool, profile_prefix: str | None = None) -> o
         so.profile_file_prefix = profile_prefix
     if shared:
         so.use_per_session_threads = False
-        so.add_session_config_entry("session.use_env_allocators", "1")
     else:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
