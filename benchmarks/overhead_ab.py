@@ -140,9 +140,8 @@ def run_mode(args) -> dict:
         ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT), None)
     rows = []
     for seq in args.seq_lens:
-        prof = tempfile.mkdtemp() if args.profile else None
-        v = {"own_arena": _Variant(args.artifact, seq, args.mode, threads, False, False, prof, "own"),
-             "env_arena": _Variant(args.artifact, seq, args.mode, threads, True, False, prof, "env"),
+        v = {"own_arena": _Variant(args.artifact, seq, args.mode, threads, False, False, None, "own"),
+             "env_arena": _Variant(args.artifact, seq, args.mode, threads, True, False, None, "env"),
              "heads_cut": _Variant(args.artifact, seq, args.mode, threads, False, True, None, "bare")}
         if args.signals_artifact:
             v["signals_head"] = _Variant(args.signals_artifact, seq, args.mode, threads, False, False, None, "sig")
@@ -171,9 +170,15 @@ def run_mode(args) -> dict:
         row = {"seq_len": seq, "passes": passes,
                "summary": {k: {"median": float(np.median([q[k] for q in passes])), "min": min(q[k] for q in passes),
                                "max": max(q[k] for q in passes)} for k in keys}}
-        if args.profile:
-            n_runs = 5 + args.passes * args.repeats
-            row["kernel_us_by_op"] = {k: v[k].kernel_us_by_op(n_runs) for k in ("own_arena", "env_arena")}
+        if args.profile:  # profiled sessions of their own, after the timing (profiling slows every node)
+            prof, n_runs = tempfile.mkdtemp(), 50
+            row["kernel_us_by_op"] = {}
+            for k, env_arena in (("own_arena", False), ("env_arena", True)):
+                pv = _Variant(args.artifact, seq, args.mode, threads, env_arena, False, prof, k)
+                for _ in range(n_runs):
+                    pv.run_chain()
+                    pv.run_mono()
+                row["kernel_us_by_op"][k] = pv.kernel_us_by_op(n_runs)
         rows.append(row)
     return {"mode": args.mode, "threads": 1 if args.mode == "one-thread" else threads, "rows": rows}
 

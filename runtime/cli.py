@@ -59,7 +59,14 @@ def unit_float(text: str) -> float:
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """--help shows every flag's default."""
+    """--help shows every flag's default, unless the help text already says it or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.default is argparse.SUPPRESS or "default" in text \
+                or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return text
+        return super()._get_help_string(action)
 
 
 def parser(prog: str, description: str) -> argparse.ArgumentParser:

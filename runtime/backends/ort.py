@@ -9,10 +9,10 @@ What makes a chain of sessions as fast as one graph on a small CPU (../shared/PR
     process that ask for their own pool, so it is for processes the toolkit owns: its CLIs and
     server). The default, `per-session`, gives each session its own pool with spinning off, so
     idle pools do not starve the next graph, and leaves the process as it was;
-  * each session keeps its own memory arena. One arena shared by every session (onnxruntime's
-    session.use_env_allocators) made the chain's BiasGelu kernels 2.3x slower from the second
-    stage on, and the chain 10% slower than the monolithic graph instead of 3%
-    (results/overhead/, benchmarks/overhead_ab.py).
+  * with the shared pool, one CPU memory arena for every session too (onnxruntime's
+    session.use_env_allocators): measured on the raw chain (benchmarks.overhead_ab, sessions
+    bound to buffers, no Python), it takes the full chain from 1.040-1.062 to 1.024-1.043 of the
+    monolithic graph at 25-128 tokens (results/overhead/ab.json).
 Sessions are created from the verified bytes of each graph (never by name, so a file swapped
 after its check is never loaded), after refusing graphs that ask for external data files.
 """
@@ -68,10 +68,11 @@ def default_threads() -> int:
 _POOL_LOCK = threading.Lock()
 _POOL_THREADS: int | None = None  # threads of the process-wide pool, once this module created it
 _PER_SESSION_ONLY = False  # onnxruntime's environment exists without a global pool: shared is impossible
+ENV_ARENA = True  # shared-pool sessions also share one CPU arena (module docstring)
 
 
 def _ensure_shared_pool(threads: int) -> bool:
-    """Ask for onnxruntime's process-wide thread pool (once per process).
+    """Ask for onnxruntime's process-wide thread pool and CPU arena (once per process).
     False when the process's onnxruntime environment already exists without one."""
     global _POOL_THREADS
     with _POOL_LOCK:
@@ -80,6 +81,9 @@ def _ensure_shared_pool(threads: int) -> bool:
         if _POOL_THREADS is None:
             from onnxruntime.capi import _pybind_state as C
             C.set_global_thread_pool_sizes(threads, 1)
+            if ENV_ARENA:
+                ort.create_and_register_allocator(
+                    ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT), None)
             _POOL_THREADS = threads
         elif _POOL_THREADS != threads:
             raise BackendError(f"this process's shared onnxruntime thread pool has {_POOL_THREADS} threads; "
@@ -100,6 +104,8 @@ def _options(threads: int, shared: bool, profile_prefix: str | None = None) -> o
         so.profile_file_prefix = profile_prefix
     if shared:
         so.use_per_session_threads = False
+        if ENV_ARENA:
+            so.add_session_config_entry("session.use_env_allocators", "1")
     else:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
