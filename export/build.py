@@ -60,6 +60,7 @@ class ExportConfig:
     trt_opt_seq: int = 128
     exit_layers: tuple[int, ...] | None = None  # None: every layer has an exit; else the layers that do
     head: str = "logits"  # stage graphs' head layout (export/graphs.py): "logits" (lean) or "signals"
+    max_seq_len: int | None = None  # tokens per row the artifact accepts; None: the training length
 
     def __post_init__(self):
         if self.head not in HEAD_LAYOUTS:
@@ -241,8 +242,14 @@ def build(cfg: ExportConfig) -> Path:
                           f"got {exits}.")
     task = get_task(model.cfg.task)
     train_cfg = _read_json(ckpt / "train_config.json")
-    max_len = int(train_cfg.get("max_seq_len", 128))
-    max_len = min(max_len, int(getattr(model.backbone.config, "max_position_embeddings", 512)))
+    max_pos = int(getattr(model.backbone.config, "max_position_embeddings", 512))
+    if cfg.max_seq_len is not None:
+        if not 8 <= cfg.max_seq_len <= max_pos:
+            raise ExportError(f"--max-seq-len {cfg.max_seq_len} is out of range: this backbone takes 8..{max_pos} "
+                              f"tokens per row.")
+        max_len = cfg.max_seq_len
+    else:
+        max_len = min(int(train_cfg.get("max_seq_len", 128)), max_pos)
 
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -362,6 +369,8 @@ def parse_args(argv: list[str] | None = None) -> ExportConfig:
     p.add_argument("--exit-layers", type=_layer_list, default=None, metavar="K,K,...",
                    help="layers that get an exit, e.g. 2,4,6 (the last exported layer must be one); layers "
                         "without an exit run inside the next exit's graph (default: every layer)")
+    p.add_argument("--max-seq-len", type=positive_int, default=None,
+                   help="tokens per row the artifact accepts (default: the length the model was trained with)")
     p.add_argument("--no-monolithic", action="store_true", help="skip the monolithic reference graph")
     p.add_argument("--head", default="logits", choices=list(HEAD_LAYOUTS),
                    help="stage graphs' exit head: 'logits' (one Gemm giving logits and the LTE logit; the runtime "
@@ -380,7 +389,8 @@ def parse_args(argv: list[str] | None = None) -> ExportConfig:
     a = p.parse_args(argv)
     try:
         return ExportConfig(a.checkpoint, a.out, a.layers, not a.no_monolithic, not a.no_fuse, a.precision, a.atol,
-                            a.tensorrt, a.trt_max_batch, a.trt_opt_batch, a.trt_opt_seq, a.exit_layers, a.head)
+                            a.tensorrt, a.trt_max_batch, a.trt_opt_batch, a.trt_opt_seq, a.exit_layers, a.head,
+                            a.max_seq_len)
     except ExportError as e:
         p.error(str(e))
 

@@ -228,3 +228,19 @@ def test_unfused_and_int8_exports(rte_ckpt, data_dir, tmp_path):
     lb = b.layer_outputs(b.encode(dev.text_a, dev.text_b))
     agree = np.mean(la[-1].logits.argmax(1) == lb[-1].logits.argmax(1))
     assert agree >= 0.8  # int8 keeps most predictions of the fp32 model
+
+
+def test_export_max_seq_len_overrides_training_length(sst2_ckpt, tmp_path):
+    """--max-seq-len sets the longest input the artifact takes (not the training length); out of
+    the backbone's position range it is refused before anything is written."""
+    from export.build import ExportConfig, ExportError, build, parse_args
+    from runtime import EarlyExitModel
+    art = build(ExportConfig(str(sst2_ckpt), str(tmp_path / "long"), max_seq_len=48, monolithic=False))
+    with EarlyExitModel(art) as m:
+        assert m.manifest.max_seq_len == 48
+        r = m.predict(["good " * 100])[0]
+        assert r.truncated
+    assert parse_args(["--checkpoint", "c", "--out", "o", "--max-seq-len", "40"]).max_seq_len == 40
+    with pytest.raises(ExportError, match="out of range"):
+        build(ExportConfig(str(sst2_ckpt), str(tmp_path / "bad"), max_seq_len=100000))
+    assert not (tmp_path / "bad").exists()
