@@ -49,14 +49,16 @@ def segment(model, scheduler, encs: list, rate: float, seconds: float, seed: int
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.scheduler", description=__doc__.splitlines()[0])
-    p.add_argument("--artifact", required=True)
-    p.add_argument("--rates", nargs="+", type=float, default=[50, 100, 150, 200, 300])
+    p.add_argument("--artifact", required=True, help="a calibrated SST-2 artifact (with its monolithic graph)")
+    p.add_argument("--rates", nargs="+", type=float, default=[50, 100, 150, 200, 300],
+                   help="offered loads, rows per second (Poisson arrivals)")
     p.add_argument("--seconds", type=float, default=3.0, help="length of one segment")
     p.add_argument("--rounds", type=int, default=4, help="segments per mode and rate")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--thread-pool", default="shared", choices=["shared", "per-session"])
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", default="results/serve")
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads")
+    p.add_argument("--thread-pool", default="shared", choices=["shared", "per-session"],
+                   help="onnxruntime threading (runtime.backends.ort)")
+    p.add_argument("--data-dir", default=None, help="folder with glue/ (default: ../shared/data)")
+    p.add_argument("--out", default="results/serve", help="output folder")
     a = p.parse_args(argv)
     from runtime import EarlyExitModel
     from runtime.datasets import load_split

@@ -275,15 +275,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--artifact", required=True, help="a calibrated SST-2 artifact (with its monolithic graph)")
     p.add_argument("--servers", nargs="+", default=["ee-layer", "ee-request", "ee-none", "mono-request",
                                                     "ee-layer-nospin", "mono-request-nospin"],
-                   choices=list(SERVERS))
-    p.add_argument("--rates", nargs="+", type=float, default=[25, 50, 100, 150, 200, 250, 300, 400, 500])
+                   choices=list(SERVERS), help="servers to compare (each started once, load segments interleaved)")
+    p.add_argument("--rates", nargs="+", type=float, default=[25, 50, 100, 150, 200, 250, 300, 400, 500],
+                   help="offered loads, requests per second (Poisson arrivals), in rising order")
     p.add_argument("--seconds", type=float, default=4.0, help="length of one segment")
     p.add_argument("--rounds", type=int, default=3, help="segments per server and load step (interleaved)")
-    p.add_argument("--p99-target-ms", type=float, default=50.0)
+    p.add_argument("--p99-target-ms", type=float, default=50.0,
+                   help="the p99 latency at which sustained throughputs are compared")
     p.add_argument("--stop-p99-ms", type=float, default=1000.0, help="stop raising the load past this p99")
     p.add_argument("--pin", action="store_true", help="server on core 0, this generator on core 1")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", default="results/serve")
+    p.add_argument("--data-dir", default=None, help="folder with glue/ (default: ../shared/data)")
+    p.add_argument("--out", default="results/serve", help="output folder")
     a = p.parse_args(argv)
     from runtime.datasets import load_split
     if a.pin:

@@ -108,11 +108,11 @@ def run_fault(port: int, texts: list[str], expected: dict[str, str], seconds: fl
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.serve_fault", description=__doc__.splitlines()[0])
-    p.add_argument("--artifact", required=True)
-    p.add_argument("--seconds", type=float, default=20.0)
-    p.add_argument("--clients", type=int, default=4)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", default="results/serve/fault.json")
+    p.add_argument("--artifact", required=True, help="a calibrated SST-2 artifact (with its monolithic graph)")
+    p.add_argument("--seconds", type=float, default=20.0, help="length of the load; one replica is killed a third of the way in")
+    p.add_argument("--clients", type=int, default=4, help="concurrent client threads")
+    p.add_argument("--data-dir", default=None, help="folder with glue/ (default: ../shared/data)")
+    p.add_argument("--out", default="results/serve/fault.json", help="result file")
     a = p.parse_args(argv)
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a loopback-only local Ray
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # that sends no usage reports

@@ -100,11 +100,11 @@ def soak(port: int, texts: list[str], seconds: float, clients: int, rss, seed: i
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.serve_soak", description=__doc__.splitlines()[0])
-    p.add_argument("--artifact", required=True)
-    p.add_argument("--seconds", type=float, default=600.0)
-    p.add_argument("--clients", type=int, default=4)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", default="results/serve/soak.json")
+    p.add_argument("--artifact", required=True, help="a calibrated SST-2 artifact (with its monolithic graph)")
+    p.add_argument("--seconds", type=float, default=600.0, help="length of the soak")
+    p.add_argument("--clients", type=int, default=4, help="concurrent client threads")
+    p.add_argument("--data-dir", default=None, help="folder with glue/ (default: ../shared/data)")
+    p.add_argument("--out", default="results/serve/soak.json", help="result file")
     a = p.parse_args(argv)
     import psutil
 

@@ -27,6 +27,7 @@ from .backends.base import Backend, HiddenState, Workspace
 from .policies import POLICIES, ExitPolicy, LayerOutputs, PolicyState, decide, derive_signal
 
 NONFINITE = "non-finite output"
+_SENSE = {"confidence": 1, "lte": 1, "entropy": -1, "fixed": 0}  # batch-1 fast path: exit if signal >= / <= T
 
 
 @dataclass
@@ -127,6 +128,7 @@ class Chain:
         self.num_outputs, self.signals = num_outputs, tuple(signals)
         self._exit_layers = np.asarray(self.exits, dtype=np.int64)
         self._pool = _Pool(backend)
+        self._thr: dict[ExitPolicy, tuple[float, ...]] = {}
 
     @property
     def num_stages(self) -> int:
@@ -136,6 +138,67 @@ class Chain:
     def run(self, input_ids: np.ndarray, token_type_ids: np.ndarray, attention_mask: np.ndarray,
             policy: ExitPolicy) -> ChainResult:
         """One tokenized batch ([B, S] int64, right padded) through the chain with early exit."""
+        if getattr(input_ids, "ndim", 0) == 2 and input_ids.shape[0] == 1 and policy.name in _SENSE:
+            return self._run_one(input_ids, token_type_ids, attention_mask, policy)
+        return self._run_batch(input_ids, token_type_ids, attention_mask, policy)
+
+    def _run_one(self, input_ids: np.ndarray, token_type_ids: np.ndarray, attention_mask: np.ndarray,
+                 policy: ExitPolicy) -> ChainResult:
+        """Batch 1 under a threshold or fixed policy (the latency case): the same decisions as
+        `decide` on plain Python floats, with no per-stage arrays or objects. Thresholds are
+        compared as the float32 values `decide`'s numpy comparison casts them to."""
+        ids, tt, mask, _ = _trim(input_ids, token_type_ids, attention_mask)
+        sense, need = _SENSE[policy.name], POLICIES[policy.name].signal
+        thr = self._thresholds(policy)
+        last, fixed_at = self.num_stages, policy.exit_position
+        ws = self._pool.acquire()
+        try:
+            ws.embed(ids, tt, mask)
+            for k in range(last):
+                o = ws.run_stage(k)
+                logits, sig, lte = o.logits, o.signals, o.lte_logit
+                total = float(logits.sum())
+                if lte is not None:
+                    total += float(lte[0])
+                for m in sig:
+                    total += float(sig[m][0])
+                v = 0.0
+                if need is not None:
+                    s = sig.get(need)
+                    if s is None:
+                        s = derive_signal(need, logits, lte)
+                        sig = {**sig, need: s}
+                    v = float(s[0])
+                    total += v
+                ok = math.isfinite(total)
+                if ok and k + 1 < last:
+                    if sense == 0:
+                        go = k + 1 >= fixed_at
+                    else:
+                        go = v >= thr[k] if sense > 0 else v <= thr[k]
+                    if not go:
+                        continue
+                layer = self.exits[k]
+                err = None if ok else (f"{NONFINITE} (NaN or infinity) at layer {layer}: the artifact is broken; "
+                                       f"re-export it")
+                return ChainResult(np.full(1, layer, np.int64), logits.copy(), self._all_signals(sig, logits, lte), [err])
+            raise AssertionError("unreachable: the last stage always exits")
+        finally:
+            self._pool.release(ws)
+
+    def _thresholds(self, policy: ExitPolicy) -> tuple[float, ...]:
+        """The policy's threshold at every exit position, as float32 values (cached per policy)."""
+        t = self._thr.get(policy)
+        if t is None:
+            t = () if policy.name == "fixed" else tuple(float(np.float32(policy.at(p)))
+                                                        for p in range(1, self.num_stages + 1))
+            if len(self._thr) >= 64:
+                self._thr.clear()
+            self._thr[policy] = t
+        return t
+
+    def _run_batch(self, input_ids: np.ndarray, token_type_ids: np.ndarray, attention_mask: np.ndarray,
+                   policy: ExitPolicy) -> ChainResult:
         b = input_ids.shape[0]
         cohort = self.start(input_ids, token_type_ids, attention_mask, policy)
         res = None

@@ -168,3 +168,40 @@ def test_every_flag_is_explained(module, monkeypatch):
     undocumented = [a.option_strings or a.dest for a in p._actions
                     if not isinstance(a, argparse._HelpAction) and a.help != argparse.SUPPRESS and not (a.help or "").strip()]
     assert not undocumented, f"{module}: flags without help: {undocumented}"
+
+
+@pytest.mark.parametrize("art_name", ["rte_art", "stsb_art"])
+def test_batch1_fast_path_matches_the_general_loop(art_name, request):
+    """Batch 1 under threshold and fixed policies takes a path of its own; it gives exactly the
+    general loop's exit layers, logits and signals, at thresholds placed on observed signal
+    values (where float32 rounding of the threshold decides), per-layer thresholds included."""
+    art = request.getfixturevalue(art_name)
+    with EarlyExitModel(art) as m:
+        texts = [f"row {i} " + "good " * (i % 7) for i in range(12)]
+        pairs = [f"other {i}" for i in range(12)] if m.manifest.task.text_pair else None
+        enc = m.encode(texts, pairs)
+        outs = m.layer_outputs(enc)
+        policies = [m.policy("fixed", exit_layer=k) for k in range(1, m.num_layers + 1)]
+        for name in [n for n in ("confidence", "entropy", "lte") if n in m.signals and
+                     (n == "lte" or m.task.kind == "classification")]:
+            vals = np.concatenate([getattr(o, name) for o in outs])
+            for t in np.quantile(vals, [0.0, 0.3, 0.6, 0.9, 1.0]).tolist() + [float(vals[3])]:
+                policies.append(m.policy(name, threshold=t))
+            policies.append(m.policy(name, per_layer=[float(getattr(o, name)[i]) for i, o in enumerate(outs)]))
+        checked = 0
+        for pol in policies:
+            for i in range(len(texts)):
+                one = [a[i:i + 1] for a in (enc.input_ids, enc.token_type_ids, enc.attention_mask)]
+                fast = m.chain.run(*one, pol)
+                slow = m.chain._run_batch(*one, pol)
+                assert fast.exit_layer.tolist() == slow.exit_layer.tolist(), (pol, i)
+                np.testing.assert_array_equal(fast.logits, slow.logits)
+                assert fast.signals.keys() == slow.signals.keys()
+                for k in fast.signals:
+                    np.testing.assert_array_equal(fast.signals[k], slow.signals[k])
+                assert fast.error == slow.error == [None]
+                checked += 1
+        assert checked == len(policies) * len(texts)
+        exits = {int(m.chain.run(*[a[i:i + 1] for a in (enc.input_ids, enc.token_type_ids, enc.attention_mask)],
+                                 m.policy("fixed", exit_layer=1)).exit_layer[0]) for i in range(3)}
+        assert exits == {1}
