@@ -47,9 +47,10 @@ def evaluate(judge: Judge, name: str, target: Target, *, splits: int = 50, fract
             try:
                 if m == "point":
                     c = calibrate(cal, name, target, method="point", per_layer=True, allow_majority=True)
-                else:
-                    c = calibrate(cal, name, target, method="ltt", delta=delta, per_layer=per_layer,
-                                  allow_majority=allow_majority, resamples=resamples, seed=seed + s)
+                else:  # "ltt" with the options given; "ltt-per-layer" with per-layer thresholds tried
+                    c = calibrate(cal, name, target, method="ltt", delta=delta,
+                                  per_layer=per_layer or m == "ltt-per-layer", allow_majority=allow_majority,
+                                  resamples=resamples, seed=seed + s)
             except PolicyError:
                 r["failed"] += 1  # nothing qualified on this part: the split counts as not calibrated
                 continue
