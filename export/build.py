@@ -64,6 +64,7 @@ class ExportConfig:
     head: str = "logits"  # stage graphs' head layout (export/graphs.py): "logits" (lean) or "signals"
     calibration_rows: int = 256  # static int8: training rows whose activations set the scales
     data_dir: str | None = None  # static int8: task data (default: the checkpoint's, else ../shared/data)
+    int8_attention: str = "fused"  # static int8: "fused" (fp32 Attention op; measured faster and more accurate) or "int8" (Q/K/V quantized, unfused)
 
     def __post_init__(self):
         if self.head not in HEAD_LAYOUTS:
@@ -83,6 +84,8 @@ class ExportConfig:
         if not 1 <= self.trt_opt_batch <= self.trt_max_batch or self.trt_opt_seq < 1:
             raise ExportError(f"TensorRT profile: need 1 <= --trt-opt-batch <= --trt-max-batch and --trt-opt-seq >= 1 "
                               f"(got {self.trt_opt_batch}, {self.trt_max_batch}, {self.trt_opt_seq})")
+        if self.int8_attention not in ("int8", "fused"):
+            raise ExportError(f"--int8-attention must be int8 or fused, got {self.int8_attention!r}")
         if isinstance(self.calibration_rows, bool) or not isinstance(self.calibration_rows, int) \
                 or self.calibration_rows < 1:
             raise ExportError(f"--calibration-rows must be a positive integer, got {self.calibration_rows!r}")
@@ -267,7 +270,8 @@ def build(cfg: ExportConfig) -> Path:
                 roles = export_graphs(model, n, tmp, monolithic=cfg.monolithic, exits=exits, head=cfg.head)
             c = model.backbone.config
             for role, r in roles.items():
-                fused[role] = fuse(tmp / r["file"], c.num_attention_heads, c.hidden_size)
+                fused[role] = fuse(tmp / r["file"], c.num_attention_heads, c.hidden_size,
+                                   attention=not (cfg.int8_method == "static" and cfg.int8_attention == "int8"))
                 if role == "embeddings":
                     fused[role].update(fuse_embeddings(tmp / r["file"]))
         else:
@@ -429,6 +433,9 @@ def parse_args(argv: list[str] | None = None) -> ExportConfig:
                    help="int8: static quantization (activation scales calibrated on training rows, QDQ, weights "
                         "per-channel: answers do not depend on the batch); int8-dynamic: dynamic quantization "
                         "(scales per batch); fp16: TensorRT engines in fp16 (with --tensorrt)")
+    p.add_argument("--int8-attention", default="fused", choices=["int8", "fused"],
+                   help="static int8: quantize the attention's Q/K/V projections (attention left unfused) or keep "
+                        "onnxruntime's fused fp32 Attention op (static quantization has no rule for it)")
     p.add_argument("--calibration-rows", type=positive_int, default=256,
                    help="static int8: training rows that calibrate the activation scales")
     p.add_argument("--data-dir", default=None,
@@ -444,7 +451,7 @@ def parse_args(argv: list[str] | None = None) -> ExportConfig:
     try:
         return ExportConfig(a.checkpoint, a.out, a.layers, not a.no_monolithic, not a.no_fuse, a.precision, a.atol,
                             a.tensorrt, a.trt_max_batch, a.trt_opt_batch, a.trt_opt_seq, a.exit_layers, a.head,
-                            a.calibration_rows, a.data_dir)
+                            a.calibration_rows, a.data_dir, a.int8_attention)
     except ExportError as e:
         p.error(str(e))
 

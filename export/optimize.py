@@ -48,13 +48,18 @@ def fusable_attention(model) -> Iterator[None]:
         cfg._attn_implementation = before
 
 
-def fuse(path: Path, num_heads: int, hidden_size: int) -> dict[str, int]:
-    """Fuse `path` in place with onnxruntime's BERT optimizer; returns fused-operator counts."""
+def fuse(path: Path, num_heads: int, hidden_size: int, attention: bool = True) -> dict[str, int]:
+    """Fuse `path` in place with onnxruntime's BERT optimizer; returns fused-operator counts.
+    attention=False leaves the attention unfused (its Q, K, V projections stay MatMuls, which
+    static int8 quantization can then quantize; the fused Attention op has no QDQ rule)."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+    opts = FusionOptions("bert")
+    opts.enable_attention = attention
     opt = optimize_model(str(path), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
-                         opt_level=0, use_gpu=False)
+                         opt_level=0, use_gpu=False, optimization_options=opts)
     stats = {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
     opt.save_model_to_file(str(path))
     return stats
