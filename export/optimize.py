@@ -234,9 +234,35 @@ def quantize_int8_static(path: Path, feeds: list[dict]) -> dict:
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer logs a warning per tensor on the root logger
     try:
-        return _quantize_static(path, feeds)
+        with _calibrator_sessions():
+            return _quantize_static(path, feeds)
     finally:
         root.setLevel(level)
+
+
+@contextlib.contextmanager
+def _calibrator_sessions() -> Iterator[None]:
+    """The calibrator's inference session, made so that it also loads in a process that already
+    runs onnxruntime on the runtime's shared thread pool (onnxruntime then refuses sessions with
+    their own pools, which is what the calibrator asks for)."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import calibrate as C
+    from runtime.backends import ort as rb
+
+    def create(self):
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        if rb._POOL_THREADS is not None:
+            so.use_per_session_threads = False
+        self.infer_session = ort.InferenceSession(self.augmented_model_path, sess_options=so,
+                                                  providers=self.execution_providers)
+
+    orig = C.CalibraterBase.create_inference_session
+    C.CalibraterBase.create_inference_session = create
+    try:
+        yield
+    finally:
+        C.CalibraterBase.create_inference_session = orig
 
 
 def _quantize_static(path: Path, feeds: list[dict]) -> dict:
