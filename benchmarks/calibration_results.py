@@ -37,11 +37,16 @@ def _machine() -> str:
 
 
 def run(art_root: Path, data_dir: str | None, targets, splits: int, resamples: int, delta: float,
-        agreement: bool) -> dict:
+        agreement: bool, previous: dict | None = None, save=None) -> dict:
+    """`save(result)` is called after each artifact, so an interrupted run keeps what it finished."""
     out = {"splits": splits, "resamples": resamples, "delta": delta, "machine": _machine(),
            "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "artifacts": {}, "missing": []}
+    same = previous is not None and all(previous.get(k) == out[k] for k in ("splits", "resamples", "delta"))
     for name in ARTIFACTS:
         art = art_root / name
+        if same and name in previous["artifacts"]:
+            out["artifacts"][name] = previous["artifacts"][name]  # --reuse: evaluated before with these settings
+            continue
         if not (art / "manifest.json").is_file():
             out["missing"].append(name)
             continue
@@ -66,6 +71,8 @@ def run(art_root: Path, data_dir: str | None, targets, splits: int, resamples: i
                   flush=True)
         model.close()
         out["artifacts"][name] = rec
+        if save is not None:
+            save(out)
     return out
 
 
@@ -120,6 +127,24 @@ def markdown(res: dict, command: str) -> str:
     return "\n".join(L) + "\n"
 
 
+def summary_table(res: dict) -> str:
+    """The compact table README.md shows: relative-score targets, point vs ltt."""
+    L = ["| data set | target | point: met / held-out p05 / layers saved | ltt: met / held-out p05 / layers saved |",
+         "|---|---|---|---|"]
+    for name, rec in res["artifacts"].items():
+        for ev in rec["evaluations"]:
+            if "relative_score" not in ev["target"]:
+                continue
+            cells = []
+            for m in ("point", "ltt"):
+                r = ev["methods"][m]
+                met = "-" if r["met_rate"] is None else f"{r['met_rate']:.0%}"
+                saved = "-" if r["layers_saved"] is None else f"{r['layers_saved']:.0%}"
+                cells.append(f"{met} / {_f(r['relative_score'], 'p05', 3)} / {saved}")
+            L.append(f"| {name} ({rec['metric']}) | {ev['target']['relative_score']} | {cells[0]} | {cells[1]} |")
+    return "\n".join(L) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.calibration_results")
     p.add_argument("--art-root", default="/work/models/art")
@@ -130,14 +155,18 @@ def main(argv=None) -> int:
     p.add_argument("--resamples", type=int, default=1000)
     p.add_argument("--delta", type=float, default=0.1)
     p.add_argument("--agreement", action="store_true", help="also label-free agreement targets (classification)")
+    p.add_argument("--reuse", action="store_true", help="keep artifacts already in OUT/calibration.json (same settings)")
     a = p.parse_args(argv)
-    res = run(Path(a.art_root), a.data_dir, [float(x) for x in a.targets.split(",")], a.splits, a.resamples,
-              a.delta, a.agreement)
     out = Path(a.out)
+    prev = json.loads((out / "calibration.json").read_text()) if a.reuse and (out / "calibration.json").is_file() else None
     out.mkdir(parents=True, exist_ok=True)
-    (out / "calibration.json").write_text(json.dumps(res, indent=2) + "\n")
+    save = lambda r: (out / "calibration.json").write_text(json.dumps(r, indent=2) + "\n")  # noqa: E731
+    res = run(Path(a.art_root), a.data_dir, [float(x) for x in a.targets.split(",")], a.splits, a.resamples,
+              a.delta, a.agreement, prev, save)
+    save(res)
     cmd = "python -m benchmarks.calibration_results " + " ".join(argv if argv is not None else sys.argv[1:])
-    (out / "CALIBRATION.md").write_text(markdown(res, cmd.strip()))
+    (out / "CALIBRATION.md").write_text(markdown(res, cmd.strip()) + "\n## Summary (relative-score targets)\n\n"
+                                        + summary_table(res))
     print(f"wrote {out / 'calibration.json'} and {out / 'CALIBRATION.md'}")
     return 0
 

@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ART_ROOT=${ART_ROOT:-/work/models/art}
 exec nice -n 10 python -m benchmarks.calibration_results --art-root "$ART_ROOT" --out results \
-  --targets 0.99,0.97 --splits "${SPLITS:-50}" --resamples "${RESAMPLES:-1000}" --agreement "$@"
+  --targets 0.99,0.97 --splits "${SPLITS:-50}" --resamples "${RESAMPLES:-1000}" --agreement --reuse "$@"

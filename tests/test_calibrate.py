@@ -234,3 +234,23 @@ def test_calibrate_errors(art, data_dir, capsys, tmp_path):
         rt.policy("fixed", exit_layer=1, per_layer=[0.5, 0.5])
     with pytest.raises(PolicyError, match="3 per-layer thresholds"):
         rt.policy("confidence", per_layer=[0.5, 0.5, 0.5])
+
+
+def test_calibration_results_script(rte_art, data_dir, tmp_path):
+    from benchmarks.calibration_results import main as results_main
+    root = tmp_path / "arts"
+    root.mkdir()
+    shutil.copytree(rte_art, root / "rte")
+    out = tmp_path / "res"
+    args = ["--art-root", str(root), "--data-dir", str(data_dir), "--out", str(out), "--targets", "0.9",
+            "--splits", "2", "--resamples", "50", "--agreement"]
+    assert results_main(args) == 0
+    res = json.loads((out / "calibration.json").read_text())
+    assert set(res["missing"]) == {"sst2_quick", "stsb", "mrpc", "sick"}
+    evs = res["artifacts"]["rte"]["evaluations"]
+    assert [list(e["target"]) for e in evs] == [["relative_score"], ["agreement"]]
+    assert set(evs[0]["methods"]) == {"point", "ltt", "ltt-per-layer"}
+    md = (out / "CALIBRATION.md").read_text()
+    assert "| rte | accuracy | 0.9 | ltt |" in md and "## Summary" in md
+    assert results_main(args + ["--reuse"]) == 0  # nothing evaluated again
+    assert json.loads((out / "calibration.json").read_text())["artifacts"]["rte"] == res["artifacts"]["rte"]
