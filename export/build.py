@@ -28,13 +28,15 @@ from runtime.tasks import get_task
 from train.model import MultiExitModel, exit_signals, load_checkpoint
 
 from .graphs import HEAD_LAYOUTS, OPSET, export_graphs, signal_names
-from .optimize import fusable_attention, fuse, fuse_embeddings, quantize_int8
+from .optimize import fusable_attention, fuse, fuse_embeddings, quantize_int8, quantize_int8_static
 
 
-PRECISIONS = ("fp32", "int8")
+# int8: static quantization (activation scales calibrated on training rows: answers do not depend
+# on the batch); int8-dynamic: the older dynamic quantization (scales per batch).
+PRECISIONS = ("fp32", "int8", "int8-dynamic")
 # int8 changes every matmul's rounding: values move by up to a few tenths while predictions
 # mostly stay; its real check is the dev-score change the benchmark reports.
-DEFAULT_ATOL = {"fp32": 1e-4, "int8": 0.5}
+DEFAULT_ATOL = {"fp32": 1e-4, "int8": 1.0, "int8-dynamic": 0.5}  # static: constant scales clip outliers
 
 
 class ExportError(Exception):
@@ -52,7 +54,7 @@ class ExportConfig:
     layers: int | None = None  # None: all layers
     monolithic: bool = True
     fuse: bool = True  # onnxruntime transformer fusion (Attention, SkipLayerNorm, BiasGelu, ...)
-    precision: str = "fp32"  # or "int8" (dynamic quantization, per-channel weights)
+    precision: str = "fp32"  # "int8" (static: calibrated scales, QDQ) or "int8-dynamic"
     atol: float | None = None  # max abs difference to PyTorch; default 1e-4 (fp32) / 0.5 (int8)
     tensorrt: bool = False  # also build one TensorRT engine per graph (needs TensorRT and a GPU)
     trt_max_batch: int = 32
@@ -61,6 +63,9 @@ class ExportConfig:
     exit_layers: tuple[int, ...] | None = None  # None: every layer has an exit; else the layers that do
     head: str = "logits"  # stage graphs' head layout (export/graphs.py): "logits" (lean) or "signals"
     max_seq_len: int | None = None  # tokens per row the artifact accepts; None: the training length
+    calibration_rows: int = 256  # static int8: training rows whose activations set the scales
+    data_dir: str | None = None  # static int8: task data (default: the checkpoint's, else ../shared/data)
+    int8_attention: str = "fused"  # static int8: "fused" (fp32 Attention op; measured faster and more accurate) or "int8" (Q/K/V quantized, unfused)
 
     def __post_init__(self):
         if self.head not in HEAD_LAYOUTS:
@@ -80,7 +85,12 @@ class ExportConfig:
         if not 1 <= self.trt_opt_batch <= self.trt_max_batch or self.trt_opt_seq < 1:
             raise ExportError(f"TensorRT profile: need 1 <= --trt-opt-batch <= --trt-max-batch and --trt-opt-seq >= 1 "
                               f"(got {self.trt_opt_batch}, {self.trt_max_batch}, {self.trt_opt_seq})")
-        if self.tensorrt and self.precision == "int8":
+        if self.int8_attention not in ("int8", "fused"):
+            raise ExportError(f"--int8-attention must be int8 or fused, got {self.int8_attention!r}")
+        if isinstance(self.calibration_rows, bool) or not isinstance(self.calibration_rows, int) \
+                or self.calibration_rows < 1:
+            raise ExportError(f"--calibration-rows must be a positive integer, got {self.calibration_rows!r}")
+        if self.tensorrt and self.precision.startswith("int8"):
             raise ExportError("--tensorrt builds fp32 or fp16 engines; int8 engines need a calibration set (not supported)")
         if self.atol is not None and not (self.atol > 0 and self.atol < float("inf")):
             raise ExportError(f"--atol must be a positive finite number, got {self.atol}")
@@ -91,11 +101,16 @@ class ExportConfig:
 
     @property
     def onnx_precision(self) -> str:
-        return "fp32" if self.precision == "fp16" else self.precision
+        """The manifest's precision: fp32 or int8 (optimization.int8.method says which int8)."""
+        return "fp32" if self.precision == "fp16" else self.precision.split("-")[0]
+
+    @property
+    def int8_method(self) -> str | None:
+        return {"int8": "static", "int8-dynamic": "dynamic"}.get(self.precision)
 
     @property
     def tolerance(self) -> float:
-        return self.atol if self.atol is not None else DEFAULT_ATOL[self.onnx_precision]
+        return self.atol if self.atol is not None else DEFAULT_ATOL.get(self.precision, DEFAULT_ATOL["fp32"])
 
 
 _SAMPLE_TEXTS = [("The cat sat on the mat.", "A cat is sitting."),
@@ -262,14 +277,25 @@ def build(cfg: ExportConfig) -> Path:
                 roles = export_graphs(model, n, tmp, monolithic=cfg.monolithic, exits=exits, head=cfg.head)
             c = model.backbone.config
             for role, r in roles.items():
-                fused[role] = fuse(tmp / r["file"], c.num_attention_heads, c.hidden_size)
+                fused[role] = fuse(tmp / r["file"], c.num_attention_heads, c.hidden_size,
+                                   attention=not (cfg.int8_method == "static" and cfg.int8_attention == "int8"))
                 if role == "embeddings":
                     fused[role].update(fuse_embeddings(tmp / r["file"]))
         else:
             roles = export_graphs(model, n, tmp, monolithic=cfg.monolithic, exits=exits, head=cfg.head)
-        if cfg.onnx_precision == "int8":
+        int8_record = None
+        if cfg.int8_method == "dynamic":
             for r in roles.values():
                 quantize_int8(tmp / r["file"])
+            int8_record = {"method": "onnxruntime quantize_dynamic", "weights": "QInt8 per-channel",
+                           "ops": ["MatMul", "Attention"], "batch_independent": False}
+        elif cfg.int8_method == "static":
+            feeds = _calibration_feeds(cfg, train_cfg, tokenizer, task, max_len, tmp, roles, exits)
+            for role, r in roles.items():
+                if role != M.EMBEDDINGS:  # no MatMul to quantize there
+                    int8_record = quantize_int8_static(tmp / r["file"], feeds[role])
+            int8_record.update(rows=feeds["rows"], batch_independent=True,
+                               graphs=[role for role in roles if role != M.EMBEDDINGS])
         tokenizer.save_pretrained(tmp)
         _check_tokenizer(tokenizer, tmp, task.text_pair, max_len)
         report = validate(model, tmp, roles, exits, _validation_batch(tokenizer, task.text_pair, max_len),
@@ -310,8 +336,7 @@ def build(cfg: ExportConfig) -> Path:
             "max_seq_len": max_len,
             "precision": cfg.onnx_precision,
             "optimization": {"fused": cfg.fuse, "fused_operators": fused,
-                             "int8": ({"method": "onnxruntime quantize_dynamic", "weights": "QInt8 per-channel",
-                                       "ops": ["MatMul", "Attention"]} if cfg.onnx_precision == "int8" else None)},
+                             "int8": int8_record},
             "tensorrt": trt_record,
             "tokenizer": {"file": M.TOKENIZER_FILE, "files": tok_files, "pad_token_id": tokenizer.pad_token_id,
                           "truncation": "longest_first", "padding": "right, to the longest row of a batch",
@@ -337,6 +362,43 @@ def build(cfg: ExportConfig) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return out
+
+
+def _calibration_feeds(cfg: ExportConfig, train_cfg: dict, tokenizer, task, max_len: int, tmp: Path, roles: dict,
+                       exits: list[int], batch: int = 16) -> dict:
+    """Every graph's real inputs for `cfg.calibration_rows` training rows (a fixed random sample,
+    batches of `batch` padded rows): stage k's inputs are the fp32 stage k-1's outputs."""
+    from runtime.datasets import load_split
+    data_dir = cfg.data_dir or train_cfg.get("data_dir")
+    try:
+        split = load_split(task.name, "train", data_dir)
+    except (FileNotFoundError, ValueError) as e:
+        raise ExportError(f"static int8 calibrates on the task's training rows, which were not found ({e}); pass "
+                          f"--data-dir, or export with --precision int8-dynamic.") from None
+    rng = np.random.default_rng(0)
+    pick = rng.choice(len(split), size=min(cfg.calibration_rows, len(split)), replace=False)
+    sess = {role: _session(tmp / r["file"]) for role, r in roles.items()}
+    out: dict = {role: [] for role in roles}
+    out["rows"] = int(len(pick))
+    for s in range(0, len(pick), batch):
+        idx = pick[s:s + batch]
+        enc = tokenizer([split.text_a[i] for i in idx], None if split.text_b is None else [split.text_b[i] for i in idx],
+                        padding=True, truncation="longest_first", max_length=max_len, return_token_type_ids=True,
+                        return_tensors="np")
+        ids = {k: enc[k].astype(np.int64) for k in (M.INPUT_IDS, M.TOKEN_TYPE_IDS, M.ATTENTION_MASK)}
+        mask = ids[M.ATTENTION_MASK]
+        pool = (mask / np.maximum(mask.sum(axis=1, keepdims=True), 1)).astype(np.float32)[:, None, :]  # [B, 1, S]
+        feed = lambda role, avail: {k: avail[k] for k in roles[role]["inputs"]}  # noqa: E731
+        out[M.EMBEDDINGS].append(feed(M.EMBEDDINGS, ids))
+        h = sess[M.EMBEDDINGS].run(None, feed(M.EMBEDDINGS, ids))[0]
+        for x in exits:
+            role = M.layer_role(x)
+            f = feed(role, {M.HIDDEN_IN: h, M.ATTENTION_MASK: mask, M.POOL_WEIGHTS: pool})
+            out[role].append(f)
+            h = sess[role].run([M.HIDDEN_OUT], f)[0]
+        if M.MONOLITHIC in roles:
+            out[M.MONOLITHIC].append(feed(M.MONOLITHIC, ids))
     return out
 
 
@@ -377,8 +439,16 @@ def parse_args(argv: list[str] | None = None) -> ExportConfig:
                         "derives the signals: fewest graph ops) or 'signals' (every exit signal computed in the graph)")
     p.add_argument("--no-fuse", action="store_true", help="skip onnxruntime's transformer fusion")
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS) + ["fp16"],
-                   help="int8: dynamic quantization of every graph (weights per-channel); "
-                        "fp16: TensorRT engines in fp16 (with --tensorrt)")
+                   help="int8: static quantization (activation scales calibrated on training rows, QDQ, weights "
+                        "per-channel: answers do not depend on the batch); int8-dynamic: dynamic quantization "
+                        "(scales per batch); fp16: TensorRT engines in fp16 (with --tensorrt)")
+    p.add_argument("--int8-attention", default="fused", choices=["int8", "fused"],
+                   help="static int8: quantize the attention's Q/K/V projections (attention left unfused) or keep "
+                        "onnxruntime's fused fp32 Attention op (static quantization has no rule for it)")
+    p.add_argument("--calibration-rows", type=positive_int, default=256,
+                   help="static int8: training rows that calibrate the activation scales")
+    p.add_argument("--data-dir", default=None,
+                   help="static int8: folder with glue/ and sick/ (default: the checkpoint's, else ../shared/data)")
     p.add_argument("--atol", type=positive_float, default=None,
                    help="max abs difference to PyTorch allowed (default 1e-4 for fp32, 0.5 for int8)")
     p.add_argument("--tensorrt", action="store_true",
@@ -390,7 +460,8 @@ def parse_args(argv: list[str] | None = None) -> ExportConfig:
     try:
         return ExportConfig(a.checkpoint, a.out, a.layers, not a.no_monolithic, not a.no_fuse, a.precision, a.atol,
                             a.tensorrt, a.trt_max_batch, a.trt_opt_batch, a.trt_opt_seq, a.exit_layers, a.head,
-                            a.max_seq_len)
+                            max_seq_len=a.max_seq_len, calibration_rows=a.calibration_rows, data_dir=a.data_dir,
+                            int8_attention=a.int8_attention)
     except ExportError as e:
         p.error(str(e))
 

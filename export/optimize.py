@@ -48,13 +48,18 @@ def fusable_attention(model) -> Iterator[None]:
         cfg._attn_implementation = before
 
 
-def fuse(path: Path, num_heads: int, hidden_size: int) -> dict[str, int]:
-    """Fuse `path` in place with onnxruntime's BERT optimizer; returns fused-operator counts."""
+def fuse(path: Path, num_heads: int, hidden_size: int, attention: bool = True) -> dict[str, int]:
+    """Fuse `path` in place with onnxruntime's BERT optimizer; returns fused-operator counts.
+    attention=False leaves the attention unfused (its Q, K, V projections stay MatMuls, which
+    static int8 quantization can then quantize; the fused Attention op has no QDQ rule)."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+    opts = FusionOptions("bert")
+    opts.enable_attention = attention
     opt = optimize_model(str(path), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
-                         opt_level=0, use_gpu=False)
+                         opt_level=0, use_gpu=False, optimization_options=opts)
     stats = {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
     opt.save_model_to_file(str(path))
     return stats
@@ -197,3 +202,87 @@ def _same_outputs(a, b, has_tt_input: bool, uses_tt: bool, atol: float = 1e-5) -
         if not np.allclose(sa.run(None, feeds)[0], sb.run(None, feeds)[0], atol=atol, rtol=0):
             return False
     return True
+
+
+class _Feeds:
+    """onnxruntime's CalibrationDataReader over a list of feed dicts (one per calibration batch)."""
+
+    def __init__(self, feeds: list[dict]):
+        self._it = iter(feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):  # some onnxruntime versions call it between passes
+        pass
+
+
+STATIC_INT8_OPS = ("MatMul",)
+
+
+def quantize_int8_static(path: Path, feeds: list[dict]) -> dict:
+    """Static int8 quantization in place (QDQ format): activation scales calibrated once from
+    `feeds` (the graph's real inputs for real rows: MinMax over every batch), per-channel int8
+    weights. The scales are constants of the graph, so a row's answer no longer depends on the
+    other rows of its batch (dynamic quantization's scales span the batch).
+
+    Quantized after fusion: onnxruntime's QDQ quantizer has no rules for the fused Attention,
+    SkipLayerNormalization and BiasGelu ops, which stay fp32 (the attention's QKV projection sits
+    inside Attention); the MatMuls around them (attention output, both FFN projections) become
+    int8. Only MatMuls with a constant weight are quantized; the exit head (Gemm) stays fp32."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs a warning per tensor on the root logger
+    try:
+        with _calibrator_sessions():
+            return _quantize_static(path, feeds)
+    finally:
+        root.setLevel(level)
+
+
+@contextlib.contextmanager
+def _calibrator_sessions() -> Iterator[None]:
+    """The calibrator's inference session, made so that it also loads in a process that already
+    runs onnxruntime on the runtime's shared thread pool (onnxruntime then refuses sessions with
+    their own pools, which is what the calibrator asks for)."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import calibrate as C
+    from runtime.backends import ort as rb
+
+    def create(self):
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        if rb._POOL_THREADS is not None:
+            so.use_per_session_threads = False
+        self.infer_session = ort.InferenceSession(self.augmented_model_path, sess_options=so,
+                                                  providers=self.execution_providers)
+
+    orig = C.CalibraterBase.create_inference_session
+    C.CalibraterBase.create_inference_session = create
+    try:
+        yield
+    finally:
+        C.CalibraterBase.create_inference_session = orig
+
+
+def _quantize_static(path: Path, feeds: list[dict]) -> dict:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    # Shapes and types of the fused (com.microsoft) ops come from onnxruntime's symbolic shape
+    # inference; without them the quantizer cannot type those tensors and leaves them fp32.
+    pre = path.with_suffix(".pre.onnx")
+    quant_pre_process(str(path), str(pre), skip_optimization=True, auto_merge=True)
+    tmp = path.with_suffix(".int8.onnx")
+    quantize_static(str(pre), str(tmp), _Feeds(feeds), quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=list(STATIC_INT8_OPS), per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax,
+                    extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True})
+    tmp.replace(path)
+    pre.unlink(missing_ok=True)
+    for p in path.parent.glob("*augmented*.onnx"):  # the calibrator's scratch model, if left behind
+        p.unlink()
+    return {"method": "onnxruntime quantize_static", "format": "QDQ", "weights": "QInt8 per-channel",
+            "activations": "QUInt8 per-tensor, MinMax", "ops": list(STATIC_INT8_OPS)}

@@ -371,6 +371,42 @@ def _exits(raw: dict, num_layers: int, graphs: dict[str, GraphInfo]) -> tuple[in
     return xs
 
 
+CALIBRATION_METHODS = ("ltt-bootstrap", "ltt-binomial", "point", "latency-budget")
+CALIBRATION_TARGETS = ("relative_score", "agreement", "avg_exit_layer", "latency_ms")
+
+
+def _default_policy(v: Any) -> dict:
+    """default_policy: an object; its `calibration` record, when it names a method (written by
+    runtime.calibrate), is checked. Older records (a string, or an object without `method`) load as
+    they are."""
+    d = _obj(v or {}, "default_policy")
+    cal = d.get("calibration")
+    if not isinstance(cal, dict) or "method" not in cal:
+        return d
+    w = "default_policy.calibration"
+    _str(cal["method"], f"{w}.method", CALIBRATION_METHODS)
+    target = _obj(_get(cal, "target", w), f"{w}.target")
+    kinds = [k for k in target if k in CALIBRATION_TARGETS]
+    if len(kinds) != 1 or set(target) - {*CALIBRATION_TARGETS, "tolerance"}:
+        raise _fail(f"{w}.target", f"must hold exactly one of {', '.join(CALIBRATION_TARGETS)} (and tolerance), "
+                    f"got {sorted(target)}")
+    for k, x in target.items():
+        if x is not None or k != "tolerance":
+            _number(x, f"{w}.target.{k}")
+    _int(_get(cal, "rows", w), f"{w}.rows", 1)
+    for k in ("rows_search", "rows_certify"):
+        if cal.get(k) is not None:
+            _int(cal[k], f"{w}.{k}", 1)
+    guaranteed = cal["method"].startswith("ltt")
+    delta = cal.get("delta")
+    if guaranteed or delta is not None:
+        if _number(_get(cal, "delta", w), f"{w}.delta") <= 0 or delta >= 1:
+            raise _fail(f"{w}.delta", f"must lie in (0, 1), got {delta}")
+    if guaranteed or cal.get("bound") is not None:
+        _number(_get(cal, "bound", w), f"{w}.bound")
+    return d
+
+
 def parse_manifest(raw: Any, root: Path) -> Manifest:
     """Check a manifest's JSON value; ArtifactError names the first field that is wrong."""
     raw = _obj(raw, "the top level")
@@ -412,7 +448,7 @@ def parse_manifest(raw: Any, root: Path) -> Manifest:
     m = Manifest(root=root, schema_version=version, task=task, backbone=backbone, num_layers=num_layers, exits=exits,
                  head_layout=_str(_get(raw, "head_layout", ""), "head_layout", HEAD_LAYOUTS), max_seq_len=max_seq_len, precision=_str(raw.get("precision", "fp32"), "precision", PRECISIONS),
                  tokenizer=tokenizer, signals=signals, graphs=graphs,
-                 default_policy=_obj(raw.get("default_policy") or {}, "default_policy"),
+                 default_policy=_default_policy(raw.get("default_policy")),
                  validation=_obj(raw.get("validation") or {}, "validation"),
                  optimization=_obj(raw.get("optimization") or {}, "optimization"),
                  producer=_obj(raw.get("producer") or {}, "producer"),

@@ -1,9 +1,27 @@
-"""Task metrics in numpy (no torch, no scipy): accuracy, binary F1, Pearson, Spearman."""
+"""Task metrics: accuracy, binary F1 (scikit-learn), Pearson and Spearman (scipy).
+
+scipy and scikit-learn come with the `eval` extra (`pip install 'berxit-rt[eval]'`); they are
+imported only when a metric that needs them is computed, so running a model never loads them.
+
+`score_batch` scores B resamples at once ([B, n] predictions and gold values), as calibration's
+bootstrap needs; tests check it against the one-sample metrics."""
 from __future__ import annotations
 
 from typing import Callable
 
 import numpy as np
+
+EXTRA = "eval"
+
+
+def _need(module: str):
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        pkg = {"scipy.stats": "scipy", "sklearn.metrics": "scikit-learn"}.get(module, module)
+        raise ImportError(f"this metric needs {pkg}: install the '{EXTRA}' extra "
+                          f"(pip install 'berxit-rt[{EXTRA}]') or pip install {pkg}.") from None
 
 
 def accuracy(pred: np.ndarray, gold: np.ndarray) -> float:
@@ -11,39 +29,24 @@ def accuracy(pred: np.ndarray, gold: np.ndarray) -> float:
 
 
 def f1(pred: np.ndarray, gold: np.ndarray, positive: int = 1) -> float:
-    """Binary F1 of the positive class (GLUE's MRPC metric)."""
-    pred, gold = np.asarray(pred), np.asarray(gold)
-    tp = float(np.sum((pred == positive) & (gold == positive)))
-    fp = float(np.sum((pred == positive) & (gold != positive)))
-    fn = float(np.sum((pred != positive) & (gold == positive)))
-    return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
+    """Binary F1 of the positive class (GLUE's MRPC metric); 0 when nothing is predicted positive."""
+    m = _need("sklearn.metrics")
+    return float(m.f1_score(np.asarray(gold), np.asarray(pred), pos_label=positive, average="binary",
+                            labels=[positive], zero_division=0.0))
 
 
 def pearson(pred: np.ndarray, gold: np.ndarray) -> float:
     x, y = np.asarray(pred, dtype=np.float64), np.asarray(gold, dtype=np.float64)
-    x, y = x - x.mean(), y - y.mean()
-    denom = np.sqrt(np.sum(x * x) * np.sum(y * y))
-    return 0.0 if denom == 0 else float(np.sum(x * y) / denom)
-
-
-def _ranks(a: np.ndarray) -> np.ndarray:
-    """Ranks with ties given their average rank (as scipy.stats.rankdata)."""
-    a = np.asarray(a, dtype=np.float64)
-    order = np.argsort(a, kind="mergesort")
-    sorted_a = a[order]
-    # Boundaries of runs of equal values.
-    starts = np.concatenate(([True], sorted_a[1:] != sorted_a[:-1]))
-    run_id = np.cumsum(starts) - 1
-    first = np.flatnonzero(starts)
-    counts = np.diff(np.append(first, len(a)))
-    avg = first + (counts - 1) / 2.0 + 1.0
-    ranks = np.empty(len(a))
-    ranks[order] = avg[run_id]
-    return ranks
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return 0.0  # a constant column has no correlation (scipy warns and returns NaN)
+    return float(_need("scipy.stats").pearsonr(x, y).statistic)
 
 
 def spearman(pred: np.ndarray, gold: np.ndarray) -> float:
-    return pearson(_ranks(pred), _ranks(gold))
+    x, y = np.asarray(pred, dtype=np.float64), np.asarray(gold, dtype=np.float64)
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return 0.0
+    return float(_need("scipy.stats").spearmanr(x, y).statistic)
 
 
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
@@ -54,7 +57,46 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 }
 
 
+def predictions(logits: np.ndarray, kind: str) -> np.ndarray:
+    """[N, C] outputs -> class ids [N] (classification) or values [N] (regression)."""
+    logits = np.asarray(logits)
+    return logits[:, 0] if kind == "regression" else logits.argmax(axis=-1)
+
+
 def score(metric: str, logits: np.ndarray, gold: np.ndarray, kind: str) -> float:
     """Score of [N, C] outputs against gold labels (class ids) or gold scores (regression)."""
-    pred = logits[:, 0] if kind == "regression" else np.asarray(logits).argmax(axis=-1)
-    return METRICS[metric](pred, gold)
+    return METRICS[metric](predictions(logits, kind), gold)
+
+
+def _rowwise_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    st = _need("scipy.stats")
+    out = np.zeros(x.shape[0])
+    ok = (np.ptp(x, axis=1) > 0) & (np.ptp(y, axis=1) > 0)
+    if ok.any():
+        out[ok] = st.pearsonr(x[ok], y[ok], axis=1).statistic
+    return out
+
+
+def prepare_gold(metric: str, gold: np.ndarray) -> np.ndarray:
+    """Gold [B, n] in the form score_batch(..., prepared=True) takes (Spearman: its ranks, once)."""
+    return _need("scipy.stats").rankdata(gold, axis=1) if metric == "spearman" else gold
+
+
+def score_batch(metric: str, pred: np.ndarray, gold: np.ndarray, positive: int = 1,
+                prepared: bool = False) -> np.ndarray:
+    """[B] scores of B samples: pred and gold [B, n] (class ids or values); `prepared`: gold comes
+    from prepare_gold (a bootstrap reuses it for every policy it scores)."""
+    if metric == "accuracy":
+        return np.mean(pred == gold, axis=1)
+    if metric == "f1":
+        # the F1 formula on counts, per sample (sklearn's f1_score takes one sample at a time)
+        pp, gp = pred == positive, gold == positive
+        tp = np.sum(pp & gp, axis=1)
+        den = np.sum(pp, axis=1) + np.sum(gp, axis=1)
+        return np.where(tp > 0, 2.0 * tp / np.maximum(den, 1), 0.0)
+    if metric == "pearson":
+        return _rowwise_pearson(pred.astype(np.float64), gold.astype(np.float64))
+    if metric == "spearman":
+        st = _need("scipy.stats")
+        return _rowwise_pearson(st.rankdata(pred, axis=1), gold if prepared else st.rankdata(gold, axis=1))
+    raise ValueError(f"unknown metric {metric!r}")

@@ -27,8 +27,9 @@ the same token length (and policy), so no row is ever padded, and onnxruntime's 
 a row the same bits whatever the batch size (tests/test_serve.py checks alone == mixed, bit for
 bit). Padding is masked, but a longer padded sequence changes the order of the float sums
 (measured: last-bit differences in 1 of 6 rows); `mix_lengths=True` accepts that for bigger
-batches of varied lengths. Dynamically quantized (int8) graphs scale activations over the whole
-batch, so there `isolate_rows=True` keeps every row in graph calls of its own.
+batches of varied lengths. Dynamically quantized (int8-dynamic) graphs scale activations over the
+whole batch, so there `isolate_rows=True` keeps every row in graph calls of its own; statically
+quantized int8 graphs (calibrated, constant scales) batch like fp32 (runtime.serve.isolate_rows).
 """
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ class SchedulerConfig:
     max_passes: int = 2  # layer batching: times a group may be passed over by less advanced rows
     batch_wait_ms: float = 0.0  # request batching: wait this long for a batch to fill
     mix_lengths: bool = False  # let rows of different token lengths share a batch (see the module docstring)
-    isolate_rows: bool = False  # every row in graph calls of its own (int8: activation scales span the batch)
+    isolate_rows: bool = False  # every row in graph calls of its own (int8-dynamic: activation scales span the batch)
 
     def __post_init__(self):
         if self.batching not in BATCHING:

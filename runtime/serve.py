@@ -51,7 +51,7 @@ class ServeConfig:
     max_passes: int = 2
     batch_wait_ms: float = 0.0
     mix_lengths: bool = False
-    isolate_rows: bool | None = None  # None: for int8 artifacts (dynamic quantization) only
+    isolate_rows: bool | None = None  # None: for int8-dynamic artifacts only (static int8 batches like fp32)
     max_body_bytes: int = 1 << 20
     max_texts: int = 32
     timeout_ms: float = 10_000.0
@@ -65,17 +65,24 @@ class ServeConfig:
             raise ValueError(f"max_texts ({self.max_texts}) must not exceed max_queue_rows ({self.max_queue_rows})")
         self.scheduler_config()  # its own checks
 
-    def scheduler_config(self, precision: str = "fp32") -> SchedulerConfig:
+    def scheduler_config(self, precision: str = "fp32", int8: dict | None = None) -> SchedulerConfig:
         return SchedulerConfig(batching=self.batching, mode=self.mode, max_batch_rows=self.max_batch_rows,
                                max_queue_rows=self.max_queue_rows, max_passes=self.max_passes,
                                batch_wait_ms=self.batch_wait_ms, mix_lengths=self.mix_lengths,
-                               isolate_rows=isolate_rows(precision, self.isolate_rows))
+                               isolate_rows=isolate_rows(precision, self.isolate_rows, int8))
 
 
-def isolate_rows(precision: str, setting: bool | None) -> bool:
+def isolate_rows(precision: str, setting: bool | None, int8: dict | None = None) -> bool:
     """Whether rows must run alone: dynamically quantized (int8) graphs scale activations over
-    the whole batch, so a row's answer would depend on its company."""
-    return precision == "int8" if setting is None else setting
+    the whole batch, so a row's answer would depend on its company. Statically quantized graphs
+    (manifest optimization.int8.method 'onnxruntime quantize_static') have constant scales and
+    batch like fp32. An int8 artifact that does not say how it was quantized is isolated."""
+    if setting is not None:
+        return setting
+    if precision != "int8":
+        return False
+    method = (int8 or {}).get("method") if isinstance(int8, dict) else None
+    return method != "onnxruntime quantize_static"
 
 
 class Service:
@@ -112,7 +119,7 @@ class Service:
                 raise ValueError("this artifact has no monolithic graph; export it again without --no-monolithic")
             self.model = m
             self.metrics.set_layers(m.num_layers)
-            self.scheduler = Scheduler(m.chain, self.cfg.scheduler_config(m.manifest.precision),
+            self.scheduler = Scheduler(m.chain, self.cfg.scheduler_config(m.manifest.precision, m.manifest.optimization.get("int8")),
                                        on_run=self.metrics.batch_run)
             self.ready = True
             log.info("model %s loaded (%s, %s batching, %s threads)", self.cfg.artifact, self.cfg.mode,
@@ -312,8 +319,8 @@ def parse_args(argv: list[str] | None = None):
                    help="let rows of different token lengths share a graph call (padded): bigger batches, but a "
                         "row's scores may then differ in the last float bit with the company it keeps")
     p.add_argument("--isolate-rows", default="auto", choices=["auto", "on", "off"],
-                   help="run every row in graph calls of its own; auto: for int8 artifacts, whose dynamic "
-                        "quantization scales activations over the whole batch")
+                   help="run every row in graph calls of its own; auto: for int8-dynamic artifacts, whose dynamic "
+                        "quantization scales activations over the whole batch (static int8 batches like fp32)")
     p.add_argument("--max-body-bytes", type=positive_int, default=1 << 20, help="larger bodies get 413")
     p.add_argument("--max-texts", type=positive_int, default=32,
                    help="texts (or pairs) per request; more get 413 (at most --max-batch-rows)")

@@ -1,4 +1,6 @@
-"""Calibration picks a threshold that meets its target on the split, and the runtime uses it."""
+"""Calibration: the point method meets its target on its rows; the Learn-then-BoundTest methods certify
+with valid bounds, refuse degenerate and majority-class policies the bound does not allow, and the
+CLI records the guarantee in the manifest; --evaluate and label-free inputs work end to end."""
 from __future__ import annotations
 
 import json
@@ -7,11 +9,14 @@ import shutil
 import numpy as np
 import pytest
 
-from runtime import EarlyExitModel, PolicyError, simulate
-from runtime.calibrate import calibrate, main as calibrate_main, split_layer_outputs
+from runtime import EarlyExitModel, PolicyError, load_manifest, simulate
+from runtime.bounds import PairedBootstrap, binom_cdf, binomial_test, clopper_pearson_upper, fixed_sequence, BoundTest
+from runtime.calib_eval import evaluate
+from runtime.calibrate import main as calibrate_main, split_layer_outputs
+from runtime.calibration import Judge, Target, calibrate
 from runtime.datasets import load_split
 from runtime.metrics import score
-from runtime.policies import predictions_at_exit
+from runtime.policies import LayerOutputs, predictions_at_exit, softmax_signals
 
 
 @pytest.fixture()
@@ -19,6 +24,12 @@ def art(rte_art, tmp_path):
     dst = tmp_path / "art"
     shutil.copytree(rte_art, dst)
     return dst
+
+
+def _judge(rt, per_layer, gold, **kw):
+    m = rt.manifest
+    return Judge(per_layer, gold, kind=m.task.kind, metric=m.task.metric, num_layers=m.num_layers,
+                 signals=m.signals, exits=m.exits, **kw)
 
 
 def test_split_layer_outputs_equal_one_batch(art, data_dir):
@@ -31,50 +42,190 @@ def test_split_layer_outputs_equal_one_batch(art, data_dir):
 
 
 @pytest.mark.parametrize("target", [0.9, 0.97, 1.0])
-def test_relative_score_target_is_met_with_fewest_layers(art, data_dir, target):
+def test_point_method_meets_target_with_fewest_layers(art, data_dir, target):
     rt = EarlyExitModel(art, threads=1)
     dev = load_split("rte", "dev", data_dir)
     per_layer = split_layer_outputs(rt, dev.text_a, dev.text_b)
-    res = calibrate(rt, per_layer, dev.labels, "confidence", target_rel=target)
+    res = calibrate(_judge(rt, per_layer, dev.labels), "confidence", Target(relative_score=target),
+                    method="point", per_layer=True)
     best, single = res["best"], res["single"]
-    full = res["full_depth_score"]
+    full = score("accuracy", per_layer[-1].logits, dev.labels, "classification")
     for p in (best, single):
         ex = simulate(p.policy, per_layer, "classification")
         sc = score("accuracy", predictions_at_exit(per_layer, ex), dev.labels, "classification")
         assert sc / full >= target and sc == pytest.approx(p.score) and ex.mean() == pytest.approx(p.avg_exit_layer)
     assert best.avg_exit_layer <= single.avg_exit_layer
-    # no single threshold of the grid does better than the one chosen
-    for t in np.linspace(0, 1, 41):
-        pol = rt.policy("confidence", threshold=float(t))
-        ex = simulate(pol, per_layer, "classification")
+    for t in np.linspace(0, 1, 41):  # no single threshold of the grid does better than the one chosen
+        ex = simulate(rt.policy("confidence", threshold=float(t)), per_layer, "classification")
         sc = score("accuracy", predictions_at_exit(per_layer, ex), dev.labels, "classification")
         if sc / full >= target:
             assert ex.mean() >= single.avg_exit_layer - 1e-9
 
 
-def test_calibrate_cli_writes_default_policy(art, data_dir, capsys):
+def test_binomial_bounds_match_scipy():
+    st = pytest.importorskip("scipy.stats")
+    for k, n, p in ((0, 10, 0.1), (3, 50, 0.05), (40, 400, 0.1), (7, 1000, 0.01)):
+        assert binom_cdf(k, n, p) == pytest.approx(st.binom.cdf(k, n, p), rel=1e-9)
+        assert clopper_pearson_upper(k, n, 0.1) == pytest.approx(st.beta.ppf(0.9, k + 1, n - k), abs=1e-9)
+    t = binomial_test(np.array([0] * 95 + [1] * 5), 0.1, 0.1)
+    assert t.estimate == 0.95 and t.bound < 0.95 and t.p_value == pytest.approx(st.binom.cdf(5, 100, 0.1))
+
+
+def test_fixed_sequence_stops_at_first_failure():
+    ps = [0.01, 0.02, 0.5, 0.01]
+    kept = fixed_sequence(range(4), lambda i: BoundTest(ps[i], 0.0, 0.0), 0.1)
+    assert [c for c, _ in kept] == [0, 1]
+    assert fixed_sequence(range(4), lambda i: None, 0.1) == []
+
+
+def test_paired_bootstrap_is_paired():
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 2, 300)
+    full = np.where(rng.random(300) < 0.8, gold, 1 - gold)
+    b = PairedBootstrap("accuracy", gold, full, resamples=200)
+    assert np.allclose(b.relative(full), 1.0)  # the same answers: relative 1 on every resample
+    t = b.test(full, 0.99, 0.1, 1.0)
+    assert t.p_value == pytest.approx(1 / 201) and t.bound == pytest.approx(1.0)
+
+
+def _synthetic(n=600, seed=0, wrong1=0.3, positive1=False):
+    """Three exits: exit 1 confident everywhere but wrong on `wrong1` of rows (or answering
+    positive for every row), exits 2-3 right where the full depth is."""
+    rng = np.random.default_rng(seed)
+    gold = rng.integers(0, 2, n)
+    full = np.where(rng.random(n) < 0.85, gold, 1 - gold)
+    p1 = np.ones(n, dtype=int) if positive1 else np.where(rng.random(n) < wrong1, 1 - full, full)
+    outs = []
+    for pred, conf in ((p1, rng.uniform(0.9, 1.0, n)), (full, rng.uniform(0.5, 1.0, n)), (full, np.ones(n))):
+        margin = np.log(conf / (1 - conf + 1e-9)).astype(np.float32)
+        lg = np.zeros((n, 2), np.float32)
+        lg[np.arange(n), pred] = margin
+        c, e = softmax_signals(lg)
+        outs.append(LayerOutputs(lg, c.astype(np.float32), e.astype(np.float32)))
+    return outs, gold
+
+
+def _syn_judge(outs, gold, metric="accuracy", **kw):
+    return Judge(outs, gold, kind="classification", metric=metric, num_layers=3,
+                 signals=("confidence", "entropy"), **kw)
+
+
+def test_ltt_refuses_a_forcing_threshold_the_bound_does_not_allow():
+    outs, gold = _synthetic()
+    j = _syn_judge(outs, gold)
+    res = calibrate(j, "confidence", Target(relative_score=0.99), resamples=300)
+    best = res["best"]
+    assert res["method"] == "ltt-bootstrap" and res["delta"] == 0.1
+    assert best.bound >= 0.99 and best.relative_score >= best.bound
+    assert best.policy.threshold > 0.0 and best.avg_exit_layer > 1.5  # exit 1 is 30% wrong: not taken
+    # with a harmless exit 1 the bound allows exiting everything there
+    outs, gold = _synthetic(wrong1=0.0)
+    best = calibrate(_syn_judge(outs, gold), "confidence", Target(relative_score=0.99), resamples=300)["best"]
+    assert best.avg_exit_layer == pytest.approx(1.0)
+
+
+def test_label_free_agreement_is_certified_by_the_binomial_bound():
+    outs, gold = _synthetic(wrong1=0.02)
+    j = _syn_judge(outs, None)
+    res = calibrate(j, "confidence", Target(agreement=0.95))
+    best = res["best"]
+    assert res["method"] == "ltt-binomial" and best.score is None
+    assert best.bound >= 0.95 and best.agreement >= best.bound
+    with pytest.raises(PolicyError, match="labelled rows"):
+        calibrate(j, "confidence", Target(relative_score=0.99))
+
+
+def test_per_layer_family_is_certified_on_held_out_rows():
+    outs, gold = _synthetic(wrong1=0.0)
+    res = calibrate(_syn_judge(outs, gold), "confidence", Target(relative_score=0.99), per_layer=True, resamples=200)
+    assert res["rows_search"] == 300 and res["rows_certify"] == 300
+    if res["per_layer"] is not None:
+        assert res["per_layer"].bound >= 0.99
+
+
+def test_majority_collapse_is_flagged_and_refused_on_f1():
+    outs, gold = _synthetic(positive1=True)
+    j = _syn_judge(outs, gold, metric="f1")
+    p, _ = j.point(j.policy("confidence", threshold=0.0))  # everyone leaves at exit 1: all positive
+    assert p.positive_rate == 1.0 and p.majority is not None and p.accuracy_relative < 0.75
+    for method in ("ltt", "point"):
+        best = calibrate(j, "confidence", Target(relative_score=0.6), method=method, resamples=200)["best"]
+        assert best.majority is None and best.positive_rate < 0.9
+    best = calibrate(j, "confidence", Target(relative_score=0.6), allow_majority=True, resamples=200)["best"]
+    assert best.majority is not None and best.avg_exit_layer == pytest.approx(1.0)
+
+
+def test_evaluate_reports_both_methods():
+    outs, gold = _synthetic(wrong1=0.05)
+    ev = evaluate(_syn_judge(outs, gold), "confidence", Target(relative_score=0.98), splits=6, resamples=200)
+    for m in ("point", "ltt"):
+        r = ev["methods"][m]
+        assert r["calibrated"] + 0 <= 6 and 0 <= r["met"] <= r["calibrated"]
+        assert r["relative_score"]["p05"] <= r["relative_score"]["p95"] and 1 <= r["avg_exit_layer"]["mean"] <= 3
+
+
+def test_calibrate_cli_records_the_guarantee(art, data_dir, tmp_path):
     before = json.loads((art / "manifest.json").read_text())
-    assert calibrate_main(["--artifact", str(art), "--task", "rte", "--data-dir", str(data_dir),
-                           "--target-avg-layer", "1.5", "--policy", "lte"]) == 0
+    out = tmp_path / "cal.json"
+    assert calibrate_main(["--artifact", str(art), "--data-dir", str(data_dir), "--target-relative-score", "0.9",
+                           "--resamples", "200", "--json-out", str(out)]) == 0
     after = json.loads((art / "manifest.json").read_text())
-    dp = after["default_policy"]
-    assert dp["name"] == "lte" and dp["calibration"]["result"]["avg_exit_layer"] <= 1.5
+    cal = after["default_policy"]["calibration"]
+    assert cal["method"] == "ltt-bootstrap" and cal["delta"] == 0.1 and cal["rows"] == 32
+    assert cal["target"] == {"relative_score": 0.9} and cal["bound"] >= 0.9
+    assert json.loads(out.read_text())["bound"] == cal["bound"]
     assert {k: v for k, v in after.items() if k != "default_policy"} == \
         {k: v for k, v in before.items() if k != "default_policy"}
-    rt = EarlyExitModel(art, threads=1)  # checksums still verify; default policy is the calibrated one
-    assert rt.policy().name == "lte"
+    rt = EarlyExitModel(art, threads=1)  # checksums still verify; the default policy is the calibrated one
+    assert rt.policy().threshold == pytest.approx(after["default_policy"]["threshold"])
+    assert load_manifest(art).default_policy["calibration"]["bound"] == cal["bound"]
+
+
+def test_calibrate_cli_avg_layer_and_text_input(art, data_dir, tmp_path):
+    assert calibrate_main(["--artifact", str(art), "--task", "rte", "--data-dir", str(data_dir),
+                           "--target-avg-layer", "1.5", "--policy", "lte"]) == 0
+    dp = json.loads((art / "manifest.json").read_text())["default_policy"]
+    assert dp["name"] == "lte" and dp["calibration"]["method"] == "point"
+    assert dp["calibration"]["result"]["avg_exit_layer"] <= 1.5
+    rt = EarlyExitModel(art, threads=1)
     dev = load_split("rte", "dev", data_dir)
     ex = rt.run(rt.encode(dev.text_a, dev.text_b), rt.policy()).exit_layer
     assert ex.mean() == pytest.approx(dp["calibration"]["result"]["avg_exit_layer"])
+    texts = tmp_path / "traffic.txt"
+    texts.write_text("".join(f"{a}\t{b}\n" for a, b in zip(dev.text_a, dev.text_b)))
+    assert calibrate_main(["--artifact", str(art), "--input", str(texts), "--target-agreement", "0.8"]) == 0
+    cal = json.loads((art / "manifest.json").read_text())["default_policy"]["calibration"]
+    assert cal["method"] == "ltt-binomial" and cal["input"] == str(texts) and cal["bound"] >= 0.8
+    EarlyExitModel(art, threads=1)
 
 
-def test_calibrate_errors(art, data_dir, capsys):
+def test_calibrate_cli_latency_budget_and_evaluate(art, data_dir, tmp_path, capsys):
+    out = tmp_path / "lat.json"
+    assert calibrate_main(["--artifact", str(art), "--data-dir", str(data_dir), "--target-latency-ms", "1000",
+                           "--dry-run", "--json-out", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    lat = rec["latency"]
+    assert rec["method"] == "latency-budget" and lat["predicted_ms"] <= 1000 and lat["measured_ms"] > 0
+    assert len(lat["costs"]["stage_ms"]) == 2
+    ev = tmp_path / "ev.json"
+    assert calibrate_main(["--artifact", str(art), "--data-dir", str(data_dir), "--target-relative-score", "0.9",
+                           "--evaluate", "--splits", "3", "--resamples", "100", "--json-out", str(ev)]) == 0
+    assert set(json.loads(ev.read_text())["methods"]) == {"point", "ltt"}
+    assert "ltt" in capsys.readouterr().out
+
+
+def test_calibrate_errors(art, data_dir, capsys, tmp_path):
     assert calibrate_main(["--artifact", str(art), "--task", "sst2", "--data-dir", str(data_dir),
                            "--target-relative-score", "0.99"]) == 2
     assert "trained for task 'rte'" in capsys.readouterr().err
     assert calibrate_main(["--artifact", str(art), "--task", "rte", "--data-dir", str(data_dir),
                            "--target-avg-layer", "9"]) == 2
     assert "[1, 2]" in capsys.readouterr().err
+    bad = tmp_path / "single.txt"
+    bad.write_text("only one text\n")
+    assert calibrate_main(["--artifact", str(art), "--input", str(bad), "--target-agreement", "0.9"]) == 2
+    assert "first<TAB>second" in capsys.readouterr().err
+    assert calibrate_main(["--artifact", str(art), "--input", str(bad), "--target-relative-score", "0.9"]) == 2
     with pytest.raises(SystemExit):
         calibrate_main(["--artifact", str(art), "--task", "rte", "--target-avg-layer", "1",
                         "--target-relative-score", "0.9"])
@@ -83,3 +234,23 @@ def test_calibrate_errors(art, data_dir, capsys):
         rt.policy("fixed", exit_layer=1, per_layer=[0.5, 0.5])
     with pytest.raises(PolicyError, match="3 per-layer thresholds"):
         rt.policy("confidence", per_layer=[0.5, 0.5, 0.5])
+
+
+def test_calibration_results_script(rte_art, data_dir, tmp_path):
+    from benchmarks.calibration_results import main as results_main
+    root = tmp_path / "arts"
+    root.mkdir()
+    shutil.copytree(rte_art, root / "rte")
+    out = tmp_path / "res"
+    args = ["--art-root", str(root), "--data-dir", str(data_dir), "--out", str(out), "--targets", "0.9",
+            "--splits", "2", "--resamples", "50", "--agreement"]
+    assert results_main(args) == 0
+    res = json.loads((out / "calibration.json").read_text())
+    assert set(res["missing"]) == {"sst2_quick", "stsb", "mrpc", "sick"}
+    evs = res["artifacts"]["rte"]["evaluations"]
+    assert [list(e["target"]) for e in evs] == [["relative_score"], ["agreement"]]
+    assert set(evs[0]["methods"]) == {"point", "ltt", "ltt-per-layer"}
+    md = (out / "CALIBRATION.md").read_text()
+    assert "| rte | accuracy | 0.9 | ltt |" in md and "## Summary" in md
+    assert results_main(args + ["--reuse"]) == 0  # nothing evaluated again
+    assert json.loads((out / "calibration.json").read_text())["artifacts"]["rte"] == res["artifacts"]["rte"]

@@ -216,12 +216,13 @@ def test_unfused_and_int8_exports(rte_ckpt, data_dir, tmp_path):
     from export.build import ExportConfig, build
     from export.optimize import op_counts
     plain = build(ExportConfig(str(rte_ckpt), str(tmp_path / "plain"), fuse=False))
-    q = build(ExportConfig(str(rte_ckpt), str(tmp_path / "int8"), precision="int8"))
+    q = build(ExportConfig(str(rte_ckpt), str(tmp_path / "int8"), precision="int8-dynamic"))
     assert "Attention" not in op_counts(plain / "layer_01.onnx")
     ops = op_counts(q / "layer_01.onnx")
     assert ops.get("DynamicQuantizeLinear", 0) + ops.get("MatMulInteger", 0) > 0
     mq = load_manifest(q)
     assert mq.raw["precision"] == "int8" and mq.validation["atol"] == 0.5
+    assert mq.optimization["int8"]["method"] == "onnxruntime quantize_dynamic"
     dev = load_split("rte", "dev", data_dir)
     a, b = EarlyExitModel(plain, threads=1), EarlyExitModel(q, threads=1)
     la = a.layer_outputs(a.encode(dev.text_a, dev.text_b))
@@ -244,3 +245,32 @@ def test_export_max_seq_len_overrides_training_length(sst2_ckpt, tmp_path):
     with pytest.raises(ExportError, match="out of range"):
         build(ExportConfig(str(sst2_ckpt), str(tmp_path / "bad"), max_seq_len=100000))
     assert not (tmp_path / "bad").exists()
+
+
+def test_static_int8_answers_do_not_depend_on_the_batch(rte_ckpt, data_dir, tmp_path):
+    """Static int8 (the default int8): calibrated scales are graph constants, so every row's answer
+    and exit layer are the same alone (batch 1) and inside random batches with compaction."""
+    from export.build import ExportConfig, build
+    from export.optimize import op_counts
+    q = build(ExportConfig(str(rte_ckpt), str(tmp_path / "int8s"), precision="int8", calibration_rows=40,
+                           data_dir=str(data_dir)))
+    m = load_manifest(q)
+    rec = m.optimization["int8"]
+    assert m.precision == "int8" and rec["method"] == "onnxruntime quantize_static" and rec["rows"] == 40
+    ops = op_counts(q / "layer_01.onnx")
+    assert ops.get("QuantizeLinear", 0) > 0 and ops.get("DynamicQuantizeLinear", 0) == 0
+    assert not list(q.glob("*augmented*"))
+    rt = EarlyExitModel(q, threads=1)
+    dev = load_split("rte", "dev", data_dir)
+    pol = rt.policy("lte", threshold=float(np.median(rt.layer_outputs(rt.encode(dev.text_a, dev.text_b))[0].lte)))
+    alone = [rt.run(rt.encode([a], [b]), pol) for a, b in zip(dev.text_a, dev.text_b)]
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        perm = rng.permutation(len(dev))
+        for s in range(0, len(perm), 7):
+            idx = perm[s:s + 7]
+            res = rt.run(rt.encode([dev.text_a[i] for i in idx], [dev.text_b[i] for i in idx]), pol)
+            for r, i in enumerate(idx):
+                assert res.exit_layer[r] == alone[i].exit_layer[0]
+                assert res.logits[r].argmax() == alone[i].logits[0].argmax()
+                assert np.abs(res.logits[r] - alone[i].logits[0]).max() < 1e-3

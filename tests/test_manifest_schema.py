@@ -155,3 +155,36 @@ def test_graph_that_computes_other_shapes_than_the_manifest_fails_at_load(art):
     load_manifest(art)  # the manifest alone is consistent
     with pytest.raises(ArtifactError, match="re-export"):
         EarlyExitModel(art, threads=1)
+
+
+def _cal(**kw):
+    rec = {"method": "ltt-bootstrap", "target": {"relative_score": 0.99}, "delta": 0.1, "bound": 0.991, "rows": 400}
+    rec.update(kw)
+    return {"name": "confidence", "threshold": 0.8, "calibration": rec}
+
+
+@pytest.mark.parametrize("policy, msg", [
+    (_cal(method="magic"), "calibration.method must be one of"),
+    (_cal(delta=1.5), r"calibration.delta must lie in \(0, 1\)"),
+    (_cal(delta=None), "calibration.delta must be a finite number"),
+    (_cal(bound="high"), "calibration.bound must be a finite number"),
+    (_cal(rows=0), r"calibration.rows must lie in \[1"),
+    (_cal(target={"relative_score": 0.99, "agreement": 0.9}), "calibration.target must hold exactly one"),
+    (_cal(target={"speed": 2}), "calibration.target must hold exactly one"),
+])
+def test_calibration_record_is_checked(art, policy, msg):
+    _set(art, "default_policy", policy)
+    with pytest.raises(ArtifactError, match=msg):
+        load_manifest(art)
+
+
+@pytest.mark.parametrize("policy", [
+    {"name": "confidence", "threshold": 0.9, "calibration": "uncalibrated default"},
+    {"name": "confidence", "threshold": 0.9, "calibration": {"task": "rte", "split": "dev", "rows": 32,
+                                                             "target": {"relative_score": 0.99}}},  # before methods
+    _cal(method="point", delta=None, bound=None),
+    _cal(method="ltt-binomial", target={"agreement": 0.99, "tolerance": 0.1}),
+])
+def test_old_and_new_calibration_records_load(art, policy):
+    _set(art, "default_policy", policy)
+    assert load_manifest(art).default_policy["name"] == "confidence"

@@ -99,3 +99,33 @@ def test_metrics_known_values():
     assert spearman(x, -x) == pytest.approx(-1.0)
     # ties get average ranks: ranks [1.5, 1.5, 3] vs [1, 2, 3]
     assert spearman(np.array([1.0, 1.0, 2.0]), np.array([1.0, 2.0, 3.0])) == pytest.approx(0.8660254, abs=1e-6)
+
+
+def test_metrics_match_scipy_sklearn_and_batch():
+    st = pytest.importorskip("scipy.stats")
+    skm = pytest.importorskip("sklearn.metrics")
+    from runtime.metrics import score_batch
+    rng = np.random.default_rng(0)
+    p, g = rng.integers(0, 2, (5, 40)), rng.integers(0, 2, (5, 40))
+    x, y = rng.normal(size=(5, 40)), np.round(rng.normal(size=(5, 40)), 1)  # ties in gold
+    for i in range(5):
+        assert score_batch("f1", p, g)[i] == pytest.approx(skm.f1_score(g[i], p[i]))
+        assert score_batch("accuracy", p, g)[i] == pytest.approx(accuracy(p[i], g[i]))
+        assert score_batch("spearman", x, y)[i] == pytest.approx(st.spearmanr(x[i], y[i]).statistic)
+        assert score_batch("pearson", x, y)[i] == pytest.approx(pearson(x[i], y[i]))
+    assert f1(np.zeros(4), np.ones(4)) == 0.0 and spearman(np.ones(4), np.arange(4)) == 0.0
+
+
+def test_metrics_name_the_extra_when_scipy_is_missing(monkeypatch):
+    import builtins
+    real = builtins.__import__
+
+    def no_scipy(name, *a, **kw):
+        if name.startswith(("scipy", "sklearn")):
+            raise ImportError(name)
+        return real(name, *a, **kw)
+    import importlib
+    monkeypatch.setattr(importlib, "import_module", lambda n: no_scipy(n))
+    with pytest.raises(ImportError, match=r"berxit-rt\[eval\]"):
+        spearman(np.arange(4.0), np.arange(4.0) ** 2)
+    assert accuracy(np.ones(3), np.ones(3)) == 1.0  # numpy-only metric still works

@@ -173,6 +173,9 @@ def test_isolated_rows_never_share_a_call(model, requests_):
     """isolate_rows (int8 artifacts by default): every graph call runs one row, answers unchanged."""
     from runtime.serve import isolate_rows
     assert isolate_rows("int8", None) and not isolate_rows("fp32", None) and not isolate_rows("int8", False)
+    assert isolate_rows("int8", None, {"method": "onnxruntime quantize_dynamic"})
+    assert not isolate_rows("int8", None, {"method": "onnxruntime quantize_static"})  # constant scales
+    assert isolate_rows("int8", True, {"method": "onnxruntime quantize_static"})
     pol = model.policy("lte", threshold=0.5)
     for batching in ("layer", "request"):
         runs: list[int] = []

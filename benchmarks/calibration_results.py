@@ -1,0 +1,175 @@
+"""`python -m benchmarks.calibration_results --art-root /work/models/art --out results`
+
+Does each calibration method's target hold on unseen rows? For every artifact found (sst2_quick,
+stsb, mrpc, sick, rte), one all-layer pass over its dev split, then runtime.calibrate's
+--evaluate splits (calibrate on half, score on the other half) for targets 0.99 and 0.97 with
+the old point estimate, Learn-then-Test (single threshold) and Learn-then-Test with per-layer
+thresholds tried. Writes calibration.json and CALIBRATION.md. No timing is involved.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from runtime.calib_eval import evaluate
+from runtime.calibrate import split_layer_outputs
+from runtime.calibration import Judge, Target
+from runtime.datasets import load_split
+from runtime.model import EarlyExitModel
+
+ARTIFACTS = ("sst2_quick", "stsb", "mrpc", "sick", "rte")
+METHODS = ("point", "ltt", "ltt-per-layer")
+
+
+def _machine() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "?")
+    except OSError:
+        return platform.processor() or "?"
+
+
+def run(art_root: Path, data_dir: str | None, targets, splits: int, resamples: int, delta: float,
+        agreement: bool, previous: dict | None = None, save=None) -> dict:
+    """`save(result)` is called after each artifact, so an interrupted run keeps what it finished."""
+    out = {"splits": splits, "resamples": resamples, "delta": delta, "machine": _machine(),
+           "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "artifacts": {}, "missing": []}
+    same = previous is not None and all(previous.get(k) == out[k] for k in ("splits", "resamples", "delta"))
+    for name in ARTIFACTS:
+        art = art_root / name
+        if same and name in previous["artifacts"]:
+            out["artifacts"][name] = previous["artifacts"][name]  # --reuse: evaluated before with these settings
+            continue
+        if not (art / "manifest.json").is_file():
+            out["missing"].append(name)
+            continue
+        model = EarlyExitModel(art, load_monolithic=False, thread_pool="shared")
+        m = model.manifest
+        dev = load_split(m.task.name, "dev", data_dir)
+        per_layer = split_layer_outputs(model, dev.text_a, dev.text_b)
+        judge = Judge(per_layer, dev.labels, kind=m.task.kind, metric=m.task.metric, num_layers=m.num_layers,
+                      signals=m.signals, exits=m.exits, num_classes=max(m.task.num_outputs, 2))
+        policy = "confidence" if m.task.kind == "classification" else "lte"
+        rec = {"task": m.task.name, "metric": m.task.metric, "policy": policy, "rows": len(dev),
+               "num_layers": m.num_layers, "full_depth_score": judge.full_score, "evaluations": []}
+        tlist = [Target(relative_score=t) for t in targets]
+        if agreement and m.task.kind == "classification":
+            tlist += [Target(agreement=t) for t in targets]
+        for tg in tlist:
+            t0 = time.time()
+            ev = evaluate(judge, policy, tg, splits=splits, delta=delta, resamples=resamples, methods=METHODS)
+            ev["seconds"] = round(time.time() - t0, 1)
+            rec["evaluations"].append(ev)
+            print(f"{name} {tg.to_json()}: " + ", ".join(f"{k} {v['met']}/{v['calibrated']}" for k, v in ev["methods"].items()),
+                  flush=True)
+        model.close()
+        out["artifacts"][name] = rec
+        if save is not None:
+            save(out)
+    return out
+
+
+def _f(d: dict | None, q: str = "p50", nd: int = 4) -> str:
+    return "-" if not d else f"{d[q]:.{nd}f}"
+
+
+def markdown(res: dict, command: str) -> str:
+    L = []
+    L.append("# Calibration on unseen rows\n")
+    L.append(f"Command: `{command}`  \nMachine: {res['machine']} (no timing involved). {res['time_utc']}.\n")
+    L.append(f"Each row: {res['splits']} random splits of the dev set, calibrate on one half, score the chosen "
+             f"policy on the other half. **met** = splits whose held-out value reached the target "
+             f"(of those where a policy was found). Methods: `point` = the old point estimate (fastest threshold "
+             f"meeting the target on the calibration half, per-layer thresholds when they win there); `ltt` = "
+             f"Learn-then-Test, single threshold, delta = {res['delta']} (paired bootstrap with "
+             f"{res['resamples']} resamples for relative score, exact binomial for agreement); `ltt-per-layer` = "
+             f"Learn-then-Test with per-layer thresholds searched on a quarter and certified on another quarter "
+             f"(delta/2 per family). Held-out value p05 / p50 / p95; layers saved = 1 - mean avg exit layer / layers. "
+             f"A held-out half is itself a finite sample, so even a policy meeting the target on the distribution "
+             f"misses it on some halves; the guarantee (>= 1 - delta) is about the distribution.\n")
+    if res["missing"]:
+        L.append(f"Artifacts not available when this ran: {', '.join(res['missing'])}.\n")
+    L.append("| data set | metric | target | method | met | held-out value p05 / p50 / p95 | avg exit layer p50 | layers saved | per-layer chosen |")
+    L.append("|---|---|---|---|---|---|---|---|---|")
+    for name, rec in res["artifacts"].items():
+        for ev in rec["evaluations"]:
+            (k, v), = [(a, b) for a, b in ev["target"].items() if a != "tolerance"]
+            for m, r in ev["methods"].items():
+                val = r.get(k)
+                saved = "-" if r["layers_saved"] is None else f"{r['layers_saved']:.1%}"
+                rate = "-" if r["met_rate"] is None else f"{r['met']}/{r['calibrated']} ({r['met_rate']:.0%})"
+                L.append(f"| {name} | {rec['metric'] if k == 'relative_score' else 'agreement'} | {v} | {m} | {rate} | "
+                         f"{_f(val, 'p05')} / {_f(val)} / {_f(val, 'p95')} | {_f(r['avg_exit_layer'], 'p50', 2)} | "
+                         f"{saved} | "
+                         f"{r['per_layer_used']}/{r['calibrated']} |")
+    for name, rec in res["artifacts"].items():
+        if rec["metric"] != "f1":
+            continue
+        L.append(f"\n## {name}: accuracy relative and predicted-positive rate on the held-out halves\n")
+        ev0 = rec["evaluations"][0]
+        L.append(f"Gold positive rate {ev0.get('gold_positive_rate', float('nan')):.3f}, full depth "
+                 f"{ev0.get('full_depth_positive_rate', float('nan')):.3f}.\n")
+        L.append("| target | method | F1 relative p50 | accuracy relative p05 / p50 | positive rate p50 / p95 |")
+        L.append("|---|---|---|---|---|")
+        for ev in rec["evaluations"]:
+            (k, v), = [(a, b) for a, b in ev["target"].items() if a != "tolerance"]
+            for m, r in ev["methods"].items():
+                L.append(f"| {k} {v} | {m} | {_f(r.get(k))} | {_f(r.get('accuracy_relative'), 'p05')} / "
+                         f"{_f(r.get('accuracy_relative'))} | {_f(r.get('positive_rate'))} / "
+                         f"{_f(r.get('positive_rate'), 'p95')} |")
+    return "\n".join(L) + "\n"
+
+
+def summary_table(res: dict) -> str:
+    """The compact table README.md shows: relative-score targets, point vs ltt."""
+    L = ["| data set | target | point: met / held-out p05 / layers saved | ltt: met / held-out p05 / layers saved |",
+         "|---|---|---|---|"]
+    for name, rec in res["artifacts"].items():
+        for ev in rec["evaluations"]:
+            if "relative_score" not in ev["target"]:
+                continue
+            cells = []
+            for m in ("point", "ltt"):
+                r = ev["methods"][m]
+                met = "-" if r["met_rate"] is None else f"{r['met_rate']:.0%}"
+                saved = "-" if r["layers_saved"] is None else f"{r['layers_saved']:.0%}"
+                cells.append(f"{met} / {_f(r['relative_score'], 'p05', 3)} / {saved}")
+            L.append(f"| {name} ({rec['metric']}) | {ev['target']['relative_score']} | {cells[0]} | {cells[1]} |")
+    return "\n".join(L) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.calibration_results")
+    p.add_argument("--art-root", default="/work/models/art")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", default="results")
+    p.add_argument("--targets", default="0.99,0.97")
+    p.add_argument("--splits", type=int, default=50)
+    p.add_argument("--resamples", type=int, default=1000)
+    p.add_argument("--delta", type=float, default=0.1)
+    p.add_argument("--agreement", action="store_true", help="also label-free agreement targets (classification)")
+    p.add_argument("--reuse", action="store_true", help="keep artifacts already in OUT/calibration.json (same settings)")
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    prev = json.loads((out / "calibration.json").read_text()) if a.reuse and (out / "calibration.json").is_file() else None
+    out.mkdir(parents=True, exist_ok=True)
+    save = lambda r: (out / "calibration.json").write_text(json.dumps(r, indent=2) + "\n")  # noqa: E731
+    res = run(Path(a.art_root), a.data_dir, [float(x) for x in a.targets.split(",")], a.splits, a.resamples,
+              a.delta, a.agreement, prev, save)
+    save(res)
+    cmd = "python -m benchmarks.calibration_results " + " ".join(argv if argv is not None else sys.argv[1:])
+    (out / "CALIBRATION.md").write_text(markdown(res, cmd.strip()) + "\n## Summary (relative-score targets)\n\n"
+                                        + summary_table(res))
+    print(f"wrote {out / 'calibration.json'} and {out / 'CALIBRATION.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

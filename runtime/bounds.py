@@ -1,0 +1,111 @@
+"""Statistical tests behind calibration's guarantee (Learn then Test, Angelopoulos et al. 2021).
+
+Each candidate policy is a hypothesis H_t: "on the distribution the rows come from, policy t
+misses the target". A test gives a p-value for H_t from the calibration rows; fixed-sequence
+testing walks the candidates from the most conservative to the most aggressive, rejecting H_t
+while its p-value <= delta and stopping at the first that is not rejected. Every policy it keeps
+then meets the target with probability >= 1 - delta (the family-wise error is at most delta;
+no ordering assumption is needed, only that the order is fixed before looking at the rows).
+
+Two tests:
+  binomial    a 0/1 loss per row (the early answer differs from the full-depth answer, or a
+              regression value moves by more than a tolerance): the exact binomial tail. A
+              finite-sample valid p-value; the bound is the Clopper-Pearson lower limit.
+  bootstrap   any score (accuracy, F1, Spearman) relative to the full-depth score on the same
+              rows: a paired bootstrap (rows resampled once, both scores on each resample);
+              p = (1 + #{resamples below target}) / (B + 1), the bound is the delta-quantile.
+              Asymptotically valid (the bootstrap's usual caveat), paired so that the
+              full-depth score's own noise cancels.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence, TypeVar
+
+import numpy as np
+
+from .metrics import prepare_gold, score_batch
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class BoundTest:
+    """One hypothesis' outcome: reject H_t (the policy is certified) when p_value <= delta."""
+
+    p_value: float
+    bound: float  # lower confidence bound at level 1 - delta on the targeted quantity
+    estimate: float  # point estimate on these rows
+
+
+def binom_cdf(k: int, n: int, p: float) -> float:
+    """P(Binomial(n, p) <= k), exact (log-space sum, no scipy)."""
+    if k < 0:
+        return 0.0
+    if k >= n or p <= 0.0:
+        return 1.0
+    if p >= 1.0:
+        return 0.0
+    j = np.arange(k + 1, dtype=np.float64)
+    logc = np.array([math.lgamma(n + 1) - math.lgamma(x + 1) - math.lgamma(n - x + 1) for x in j])
+    logt = logc + j * math.log(p) + (n - j) * math.log1p(-p)
+    m = logt.max()
+    return float(min(1.0, math.exp(m) * np.exp(logt - m).sum()))
+
+
+def clopper_pearson_upper(k: int, n: int, delta: float) -> float:
+    """The largest loss rate q with P(Binomial(n, q) <= k) >= delta: an upper (1 - delta) bound."""
+    if k >= n:
+        return 1.0
+    lo, hi = k / n, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if binom_cdf(k, n, mid) >= delta:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def binomial_test(losses: np.ndarray, max_rate: float, delta: float) -> BoundTest:
+    """H: the loss rate exceeds max_rate. losses: 0/1 [n]. The bound is 1 - the upper limit of the
+    loss rate (e.g. a lower bound on agreement)."""
+    n, k = int(losses.size), int(np.sum(losses))
+    return BoundTest(binom_cdf(k, n, max_rate), 1.0 - clopper_pearson_upper(k, n, delta), 1.0 - k / max(n, 1))
+
+
+class PairedBootstrap:
+    """Relative score (policy score / full-depth score) on B resamples of the same rows."""
+
+    def __init__(self, metric: str, gold: np.ndarray, full_pred: np.ndarray, resamples: int = 1000, seed: int = 0):
+        n = len(gold)
+        rng = np.random.default_rng(seed)
+        self.metric = metric
+        self.idx = rng.integers(0, n, size=(resamples, n))  # [B, n]
+        self.gold = prepare_gold(metric, gold[self.idx])
+        self.full = score_batch(metric, full_pred[self.idx], self.gold, prepared=True)  # [B]
+
+    def relative(self, pred: np.ndarray) -> np.ndarray:
+        s = score_batch(self.metric, pred[self.idx], self.gold, prepared=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = s / self.full
+        return np.where(self.full > 0, r, -np.inf)  # a resample whose full score is 0 proves nothing
+
+    def test(self, pred: np.ndarray, target: float, delta: float, estimate: float) -> BoundTest:
+        r = self.relative(pred)
+        p = (1 + int(np.sum(r < target))) / (len(r) + 1)
+        return BoundTest(p, float(np.quantile(r, delta)), estimate)
+
+
+def fixed_sequence(candidates: Sequence[T], test: Callable[[T], BoundTest | None], delta: float
+                   ) -> list[tuple[T, BoundTest]]:
+    """Candidates rejected in order until the first whose p-value exceeds delta (or whose test
+    returns None: refused outright). Returns the certified prefix with its tests."""
+    kept = []
+    for c in candidates:
+        t = test(c)
+        if t is None or not t.p_value <= delta:
+            break
+        kept.append((c, t))
+    return kept
