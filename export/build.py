@@ -60,6 +60,7 @@ class ExportConfig:
     trt_opt_seq: int = 128
     exit_layers: tuple[int, ...] | None = None  # None: every layer has an exit; else the layers that do
     head: str = "logits"  # stage graphs' head layout (export/graphs.py): "logits" (lean) or "signals"
+    native: bool = True  # also write native/weights.bin for the C runtime (fp32 BERT models)
 
     def __post_init__(self):
         if self.head not in HEAD_LAYOUTS:
@@ -269,6 +270,7 @@ def build(cfg: ExportConfig) -> Path:
                           cfg.tolerance)
         for r in roles.values():
             r["sha256"] = sha256_file(tmp / r["file"])
+        native_record, native_note = _write_native(model, tmp, n, exits, max_len, cfg)
         tok_files = sorted(p.name for p in tmp.iterdir() if p.is_file() and p.suffix != ".onnx")
         trt_record = None
         if cfg.tensorrt:
@@ -317,7 +319,8 @@ def build(cfg: ExportConfig) -> Path:
                                      "(sigmoid it for lte); input pool_weights [B, 1, S] = mask / sum(mask) (mean "
                                      "pooling). head_layout 'signals': outputs logits, confidence, entropy, lte"},
             "graphs": roles,
-            "native": None,
+            "native": native_record,
+            **({"native_note": native_note} if native_note else {}),
             "default_policy": default,
             "validation": report,
             "source": {"checkpoint": str(ckpt.resolve())},
@@ -331,6 +334,23 @@ def build(cfg: ExportConfig) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _write_native(model: MultiExitModel, tmp: Path, n: int, exits: list[int], max_len: int,
+                  cfg: ExportConfig) -> tuple[dict | None, str | None]:
+    """The native C runtime's weights file (export/native.py), from the same PyTorch weights as the
+    graphs: (manifest record, None), or (None, why it was not written)."""
+    from .native import NATIVE_FILE, NativeUnsupported, native_tensors, write_weights
+    if not cfg.native:
+        return None, "not written (--no-native)"
+    if cfg.onnx_precision != "fp32":
+        return None, f"not written: the native runtime runs fp32 weights only (this export is {cfg.onnx_precision})"
+    try:
+        ncfg, tensors = native_tensors(model, n, exits)
+    except NativeUnsupported as e:
+        return None, f"not written: {e}"
+    write_weights(tmp / NATIVE_FILE, ncfg, tensors, exits, max_len)
+    return {"file": NATIVE_FILE, "sha256": sha256_file(tmp / NATIVE_FILE), "format": "berxit weights v1, fp32"}, None
 
 
 def _read_json(p: Path) -> dict:
@@ -367,6 +387,8 @@ def parse_args(argv: list[str] | None = None) -> ExportConfig:
                    help="stage graphs' exit head: 'logits' (one Gemm giving logits and the LTE logit; the runtime "
                         "derives the signals: fewest graph ops) or 'signals' (every exit signal computed in the graph)")
     p.add_argument("--no-fuse", action="store_true", help="skip onnxruntime's transformer fusion")
+    p.add_argument("--no-native", action="store_true",
+                   help="skip native/weights.bin, the weights file of the C runtime (written for fp32 BERT models)")
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS) + ["fp16"],
                    help="int8: dynamic quantization of every graph (weights per-channel); "
                         "fp16: TensorRT engines in fp16 (with --tensorrt)")
@@ -380,7 +402,8 @@ def parse_args(argv: list[str] | None = None) -> ExportConfig:
     a = p.parse_args(argv)
     try:
         return ExportConfig(a.checkpoint, a.out, a.layers, not a.no_monolithic, not a.no_fuse, a.precision, a.atol,
-                            a.tensorrt, a.trt_max_batch, a.trt_opt_batch, a.trt_opt_seq, a.exit_layers, a.head)
+                            a.tensorrt, a.trt_max_batch, a.trt_opt_batch, a.trt_opt_seq, a.exit_layers, a.head,
+                            not a.no_native)
     except ExportError as e:
         p.error(str(e))
 
