@@ -64,6 +64,7 @@ class BuildNative(build_ext):
             self.compiler.link_shared_object(objs, out, extra_postargs=links + ["-lm", "-lpthread"])
             print(f"berxit: built the native runtime {out} (BLAS: {name})")
         except Exception as e:  # noqa: BLE001 - any compiler failure: warn, the package still installs
+            self.extensions = [x for x in self.extensions if x is not ext]  # nothing to copy or install
             print(f"WARNING: berxit's native runtime was not built ({type(e).__name__}: {e}); the Python package "
                   f"works without it, backend 'native' is unavailable. Install a C compiler and reinstall, or build it "
                   f"with the cc line in README 'Use from C'.", file=sys.stderr)
