@@ -167,6 +167,9 @@ class EarlyExitModel:
         if not self.backend.has_monolithic:
             raise ArtifactError("this artifact has no monolithic graph (or it was not loaded); re-export without "
                                 "--no-monolithic, or open it with load_monolithic=True.")
+        fast = getattr(self.backend, "run_early_exit", None)
+        if fast is not None:  # native: the C loop without exit checks (every layer, the last head)
+            return LayerOutputs(fast(enc.input_ids, enc.token_type_ids, enc.attention_mask, None)[1])
         return self.chain.monolithic(enc.input_ids, enc.token_type_ids, enc.attention_mask)
 
     def predict(self, texts_a: Sequence[str], texts_b: Sequence[str] | None = None,

@@ -49,9 +49,9 @@ class Policy(C.Structure):
                 ("per_layer", _f32p), ("num_per_layer", C.c_int32)]
 
 
-class Result(C.Structure):
-    _fields_ = [("label", _i32p), ("value", _f32p), ("exit_layer", _i32p), ("status", _i32p), ("logits", _f32p),
-                ("confidence", _f32p), ("entropy", _f32p), ("lte", _f32p)]
+class Result(C.Structure):  # pointers as addresses (numpy's .ctypes.data): no pointer objects per call
+    _fields_ = [(n, C.c_void_p) for n in ("label", "value", "exit_layer", "status", "logits", "confidence", "entropy",
+                                          "lte")]
 
 
 _LIB = None
@@ -82,8 +82,7 @@ def load_library() -> C.CDLL:
             "berxit_open_memory": (C.c_int, [C.c_char_p, C.c_size_t, C.POINTER(vp)]),
             "berxit_open_errmsg": (cp, []),
             "berxit_info": (C.c_int, [vp, C.POINTER(ModelInfo)]),
-            "berxit_run": (C.c_int, [vp, _i64p, _i64p, _i64p, C.c_int32, C.c_int32, C.POINTER(Policy),
-                                     C.POINTER(Result)]),
+            "berxit_run": (C.c_int, [vp, vp, vp, vp, C.c_int32, C.c_int32, C.POINTER(Policy), C.POINTER(Result)]),
             "berxit_errmsg": (cp, [vp]),
             "berxit_close": (None, [vp]),
             "berxit_workspace_new": (C.c_int, [vp, C.POINTER(vp)]),
@@ -156,6 +155,8 @@ class NativeBackend(Backend):
         self.c, self.width, self.has_lte = m.task.num_outputs, m.head_width, M.LTE in m.signals
         self.kind = m.task.kind
         self._lock = threading.Lock()  # berxit_run serialises on the handle anyway; this guards close()
+        self._policies: dict = {}  # ExitPolicy (frozen, hashable) -> its C struct
+        self._run = self.lib.berxit_run
 
     @property
     def has_monolithic(self) -> bool:
@@ -168,18 +169,26 @@ class NativeBackend(Backend):
 
     def run_early_exit(self, input_ids: np.ndarray, token_type_ids: np.ndarray, attention_mask: np.ndarray,
                        policy) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray]:
-        """The whole loop in C: (exit_layer [B] int64, logits [B, C], signals at the exit, status [B])."""
+        """The whole loop in C: (exit_layer [B] int64, logits [B, C], signals at the exit, status [B]).
+        Arrays are passed by address (the per-call ctypes cost is a few microseconds)."""
         ids, tt, mask = _i64(input_ids), _i64(token_type_ids), _i64(attention_mask)
         b, s = ids.shape
+        if ids.shape != tt.shape or ids.shape != mask.shape:
+            raise ValueError(f"input_ids, token_type_ids and attention_mask must share one [B, S] shape, got "
+                             f"{ids.shape}, {tt.shape}, {mask.shape}")
+        pol = self._policies.get(policy) if policy is None or policy.per_layer is None else None
         keep: list = []
-        pol = c_policy(policy, keep)
-        exit_layer, status = np.zeros(b, np.int32), np.zeros(b, np.int32)
-        logits = np.zeros((b, self.c), np.float32)
-        sig = {n: np.zeros(b, np.float32) for n in self.manifest.signals}
-        res = Result(None, None, _ptr(exit_layer, _i32p), _ptr(status, _i32p), _ptr(logits, _f32p),
-                     _ptr(sig.get(M.CONFIDENCE), _f32p), _ptr(sig.get(M.ENTROPY), _f32p), _ptr(sig.get(M.LTE), _f32p))
-        rc = self.lib.berxit_run(self.handle, _ptr(ids, _i64p), _ptr(tt, _i64p), _ptr(mask, _i64p), b, s,
-                                 C.byref(pol), C.byref(res))
+        if pol is None:
+            pol = c_policy(policy, keep)
+            if policy is None or policy.per_layer is None:
+                self._policies[policy] = pol
+        exit_layer, status = np.empty(b, np.int32), np.empty(b, np.int32)
+        logits = np.empty((b, self.c), np.float32)
+        sig = {n: np.empty(b, np.float32) for n in self.manifest.signals}
+        res = Result(None, None, exit_layer.ctypes.data, status.ctypes.data, logits.ctypes.data,
+                     *(sig[n].ctypes.data if n in sig else None for n in (M.CONFIDENCE, M.ENTROPY, M.LTE)))
+        rc = self._run(self.handle, ids.ctypes.data, tt.ctypes.data, mask.ctypes.data, b, s, C.byref(pol),
+                       C.byref(res))
         if rc != 0:
             raise ValueError(f"native runtime: {self.lib.berxit_errmsg(self.handle).decode(errors='replace')}")
         return exit_layer.astype(np.int64), logits, sig, status

@@ -6,7 +6,6 @@
  *                      register kernel over K blocks of 256 (one thread; GCC/Clang vector
  *                      extensions, which lower to SSE, AVX or NEON as the target allows). */
 #include <stdlib.h>
-#pragma GCC diagnostic ignored "-Wpsabi"
 #include <string.h>
 
 #include "internal.h"
@@ -35,6 +34,7 @@ void bx_linear_forward(const bx_linear *l, const float *x, int32_t rows, float *
 #define KC 256
 
 typedef float v8 __attribute__((vector_size(32)));
+typedef float v8u __attribute__((vector_size(32), aligned(4), may_alias)); /* unaligned loads / stores */
 
 const char *bx_blas_name(void) { return "builtin"; }
 
@@ -53,8 +53,8 @@ int bx_pack(bx_linear *l) {
     return BERXIT_OK;
 }
 
-static inline v8 ld(const float *p) { v8 v; memcpy(&v, p, sizeof v); return v; }
-static inline void st(float *p, v8 v) { memcpy(p, &v, sizeof v); }
+#define ld(p) (*(const v8u *)(p))
+#define st(p, v) (*(v8u *)(p) = (v))
 
 /* rows i0..i0+mr-1 (mr <= 4) of y, columns of panel p, k in [k0, k1) */
 static void kernel(const float *x, size_t K, const float *bp, size_t k0, size_t k1, float *acc_rows[MR], int mr,
