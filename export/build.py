@@ -350,7 +350,15 @@ def _write_native(model: MultiExitModel, tmp: Path, n: int, exits: list[int], ma
     except NativeUnsupported as e:
         return None, f"not written: {e}"
     write_weights(tmp / NATIVE_FILE, ncfg, tensors, exits, max_len)
-    return {"file": NATIVE_FILE, "sha256": sha256_file(tmp / NATIVE_FILE), "format": "berxit weights v1, fp32"}, None
+    rec = {"file": NATIVE_FILE, "sha256": sha256_file(tmp / NATIVE_FILE), "format": "berxit weights v1, fp32"}
+    from .native import write_tokenizer
+    try:  # the C WordPiece tokenizer's files (BERT tokenizers only; other hosts pass token ids)
+        files = write_tokenizer(tmp, (tmp / M.TOKENIZER_FILE).read_bytes())
+        rec["tokenizer"] = [{"file": str(f.relative_to(tmp)), "sha256": sha256_file(f)} for f in files]
+    except NativeUnsupported as e:
+        rec["tokenizer"] = None
+        rec["tokenizer_note"] = f"no C tokenizer: {e}"
+    return rec, None
 
 
 def _read_json(p: Path) -> dict:

@@ -146,3 +146,60 @@ def write_weights(path: Path, cfg: dict, tensors: dict[str, np.ndarray], exits: 
         fh.write(out)
         fh.write(data)
     return path
+
+
+VOCAB_FILE = "native/vocab.txt"
+TOKENIZER_CFG = "native/tokenizer.txt"
+
+
+def _escape(s: str) -> str:
+    return s.replace("\\", "\\\\").replace(" ", "\\s")
+
+
+def write_tokenizer(folder: Path, tokenizer_json: bytes) -> tuple[Path, Path]:
+    """native/vocab.txt and native/tokenizer.txt for the C WordPiece tokenizer, from the artifact's
+    tokenizer.json; NativeUnsupported for anything but BERT's WordPiece pipeline."""
+    import json
+    t = json.loads(tokenizer_json)
+    norm, pre, model, post = t.get("normalizer") or {}, t.get("pre_tokenizer") or {}, t.get("model") or {}, \
+        t.get("post_processor") or {}
+    if model.get("type") != "WordPiece" or norm.get("type") != "BertNormalizer" or pre.get("type") != "BertPreTokenizer":
+        raise NativeUnsupported(f"tokenizer {model.get('type')}/{norm.get('type')}/{pre.get('type')} (the C tokenizer "
+                                f"does BERT WordPiece only; pass token ids)")
+    if model.get("continuing_subword_prefix", "##") != "##":
+        raise NativeUnsupported("a WordPiece prefix other than ##")
+    vocab = sorted(model["vocab"].items(), key=lambda kv: kv[1])
+    if [i for _, i in vocab] != list(range(len(vocab))) or any("\n" in w or "\r" in w or not w for w, _ in vocab):
+        raise NativeUnsupported("a vocabulary with gaps in its ids or tokens holding line breaks")
+    ids = dict(vocab)
+    if post.get("type") == "TemplateProcessing":
+        single = [next(iter(x)) + ":" + (x.get("SpecialToken") or x.get("Sequence"))["id"] for x in post["single"]]
+        pair = [next(iter(x)) + ":" + (x.get("SpecialToken") or x.get("Sequence"))["id"] + ":" +
+                str((x.get("SpecialToken") or x.get("Sequence"))["type_id"]) for x in post["pair"]]
+        cls, sep = post["single"][0].get("SpecialToken", {}).get("id"), post["single"][-1].get("SpecialToken", {}).get("id")
+        want_single = [f"SpecialToken:{cls}", "Sequence:A", f"SpecialToken:{sep}"]
+        want_pair = [f"SpecialToken:{cls}:0", "Sequence:A:0", f"SpecialToken:{sep}:0", "Sequence:B:1", f"SpecialToken:{sep}:1"]
+        if single != want_single or pair != want_pair:
+            raise NativeUnsupported(f"post-processing {single} / {pair} (the C tokenizer writes [CLS] A [SEP] B [SEP])")
+    elif post.get("type") == "BertProcessing":
+        cls, sep = post["cls"][0], post["sep"][0]
+    else:
+        raise NativeUnsupported(f"post-processor {post.get('type')}")
+    specials = []
+    for a in t.get("added_tokens", []):
+        if a.get("normalized") or a.get("single_word") or a.get("lstrip") or a.get("rstrip") or not a.get("special"):
+            raise NativeUnsupported(f"added token {a.get('content')!r} with options the C tokenizer does not handle")
+        specials.append(f"special {a['id']}:{_escape(a['content'])}")
+    lowercase = bool(norm.get("lowercase", True))
+    strip = norm.get("strip_accents")
+    lines = ["berxit-tokenizer 1", "type wordpiece", f"lowercase {int(lowercase)}",
+             f"strip_accents {int(lowercase if strip is None else bool(strip))}",
+             f"chinese_chars {int(bool(norm.get('handle_chinese_chars', True)))}",
+             f"clean_text {int(bool(norm.get('clean_text', True)))}",
+             f"max_chars_per_word {int(model.get('max_input_chars_per_word', 100))}",
+             f"unk_id {ids[model.get('unk_token', '[UNK]')]}", f"cls_id {ids[cls]}", f"sep_id {ids[sep]}", *specials]
+    (folder / "native").mkdir(parents=True, exist_ok=True)
+    v, c = folder / VOCAB_FILE, folder / TOKENIZER_CFG
+    v.write_text("".join(w + "\n" for w, _ in vocab), encoding="utf-8")
+    c.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return v, c

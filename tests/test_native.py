@@ -237,7 +237,8 @@ def test_example_host_and_c_tests_under_sanitizers(rte_art, stsb_art, tmp_path):
 
 
 def test_short_fuzz_pass_over_the_weights_reader(rte_art, stsb_art, tmp_path):
-    """~10 s: libFuzzer when clang is here, else the standalone mutation driver (both with ASan)."""
+    """~12 s: libFuzzer (weights reader, then the tokenizer) when clang is here, else the standalone
+    mutation driver over the weights reader (both with ASan/UBSan)."""
     seeds = [str(rte_art / "native" / "weights.bin"), str(stsb_art / "native" / "weights.bin")]
     target = str(NATIVE / "fuzz" / "fuzz_weights.c")
     clang = shutil.which("clang") or shutil.which("clang-14")
@@ -249,11 +250,57 @@ def test_short_fuzz_pass_over_the_weights_reader(rte_art, stsb_art, tmp_path):
         corpus.mkdir()
         for s in seeds:
             shutil.copy(s, corpus)
-        r = subprocess.run([str(exe), "-max_total_time=10", "-max_len=200000", "-seed=1", str(corpus)],
+        r = subprocess.run([str(exe), "-max_total_time=8", "-max_len=200000", "-seed=1", str(corpus)],
                            capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and "Done" in r.stderr, r.stderr[-3000:]
+        tok = tmp_path / "fuzz_tok"  # the tokenizer target, over the tiny artifact's vocabulary
+        subprocess.run([clang, "-std=c11", "-O1", "-g", "-fsanitize=fuzzer,address,undefined", f"-I{NATIVE}", "-o",
+                        str(tok), str(NATIVE / "fuzz" / "fuzz_tokenizer.c"), *SOURCES, "-lm", "-lpthread"],
+                       check=True, capture_output=True)
+        tc = tmp_path / "tcorpus"
+        tc.mkdir()
+        (tc / "seed").write_bytes("Héllo wörld 中文 [SEP] x\x01second text".encode())
+        r = subprocess.run([str(tok), "-max_total_time=4", "-seed=1", str(tc)], capture_output=True, text=True,
+                           timeout=120, env={**os.environ, "BERXIT_FUZZ_ARTIFACT": str(rte_art)})
         assert r.returncode == 0 and "Done" in r.stderr, r.stderr[-3000:]
     else:
         exe = _cc(tmp_path / "fuzz", target, str(NATIVE / "fuzz" / "fuzz_driver.c"), *SOURCES,
                   flags=("-fsanitize=address,undefined", "-fno-sanitize-recover=all"))
         r = subprocess.run([str(exe), "10", *seeds], capture_output=True, text=True, timeout=120)
         assert r.returncode == 0 and "no crash" in r.stdout, r.stderr[-3000:]
+
+
+def test_c_tokenizer_matches_tokenizers(native_lib, rte_art, tmp_path):
+    """The C WordPiece tokenizer gives the `tokenizers` library's ids and type ids (uncased as
+    exported, cased, accents kept) on task-like text, adversarial Unicode and random strings;
+    invalid UTF-8 is refused; a non-BERT tokenizer gets no native tokenizer files."""
+    from tokenizers import Tokenizer
+
+    from benchmarks.native_tokenizer import ADVERSARIAL, _random_texts, _variant
+    from export.native import NativeUnsupported, write_tokenizer
+    from runtime.backends.native import NativeTokenizer
+    assert (rte_art / "native" / "vocab.txt").is_file()
+    base = json.loads((rte_art / "tokenizer.json").read_text())
+    pairs = list(zip(TEXTS_A, TEXTS_B)) + [(t, None) for t in ADVERSARIAL + _random_texts(150)] + \
+        [(a, b) for a, b in zip(ADVERSARIAL, reversed(ADVERSARIAL))]
+    for k, (lower, strip) in enumerate(((True, None), (False, None), (True, False))):
+        d = tmp_path / f"v{k}"
+        d.mkdir()
+        tj = json.dumps(_variant(base, lower, strip))
+        write_tokenizer(d, tj.encode())
+        ref = Tokenizer.from_str(tj)
+        ref.no_padding()
+        ref.enable_truncation(max_length=32, strategy="longest_first")
+        nat = NativeTokenizer(d, 32)
+        for a, b in pairs:
+            e = ref.encode(a, b) if b is not None else ref.encode(a)
+            ids, tt, cut = nat.encode(a, b)
+            assert (ids, tt) == (e.ids, e.type_ids), (lower, strip, a[:80], b)
+        for bad in (b"\xff", b"ok\xc3", b"\xed\xa0\x80", b"\xc0\xaf"):
+            with pytest.raises(ValueError, match="UTF-8"):
+                nat.encode(bad)
+        nat.close()
+    other = json.loads(json.dumps(base))
+    other["model"]["type"] = "BPE"
+    with pytest.raises(NativeUnsupported, match="pass token ids"):
+        write_tokenizer(tmp_path / "bpe", json.dumps(other).encode())

@@ -243,3 +243,38 @@ class NativeWorkspace(Workspace):
         if self.ws is not None:
             self.lib.berxit_workspace_free(self.ws)
             self.ws = None
+
+
+class NativeTokenizer:
+    """The C WordPiece tokenizer (berxit_tokenize) over ARTIFACT/native/{vocab,tokenizer}.txt: for
+    parity checks against the `tokenizers` library (the Python runtime itself uses tokenizer.json)."""
+
+    def __init__(self, artifact_dir: str | os.PathLike, max_len: int):
+        self.lib = lib = load_library()
+        vp = C.c_void_p
+        lib.berxit_tokenizer_open.restype, lib.berxit_tokenizer_open.argtypes = C.c_int, [C.c_char_p, C.POINTER(vp)]
+        lib.berxit_tokenize.restype = C.c_int
+        lib.berxit_tokenize.argtypes = [vp, C.c_char_p, C.c_char_p, C.c_int32, vp, vp, C.POINTER(C.c_int32),
+                                        C.POINTER(C.c_int32)]
+        lib.berxit_tokenizer_errmsg.restype, lib.berxit_tokenizer_errmsg.argtypes = C.c_char_p, [vp]
+        lib.berxit_tokenizer_close.restype, lib.berxit_tokenizer_close.argtypes = None, [vp]
+        h = vp()
+        if lib.berxit_tokenizer_open(str(artifact_dir).encode(), C.byref(h)) != 0:
+            raise BackendError(f"native tokenizer: {lib.berxit_open_errmsg().decode(errors='replace')}")
+        self.h, self.max_len = h, max_len
+        self.ids, self.tt = np.zeros(max_len, np.int64), np.zeros(max_len, np.int64)
+
+    def encode(self, a: str | bytes, b: str | bytes | None = None) -> tuple[list[int], list[int], bool]:
+        """(ids, type ids, truncated); ValueError with the library's message for bad text."""
+        enc = lambda s: s if isinstance(s, bytes) else s.encode("utf-8", "surrogatepass")  # noqa: E731
+        n, cut = C.c_int32(), C.c_int32()
+        rc = self.lib.berxit_tokenize(self.h, enc(a), None if b is None else enc(b), self.max_len, self.ids.ctypes.data,
+                                      self.tt.ctypes.data, C.byref(n), C.byref(cut))
+        if rc != 0:
+            raise ValueError(self.lib.berxit_tokenizer_errmsg(self.h).decode(errors="replace"))
+        return self.ids[:n.value].tolist(), self.tt[:n.value].tolist(), bool(cut.value)
+
+    def close(self) -> None:
+        if self.h is not None:
+            self.lib.berxit_tokenizer_close(self.h)
+            self.h = None

@@ -26,7 +26,7 @@ const char *berxit_ws_errmsg(const berxit_workspace *ws) { return ws ? ws->err :
 
 static void free_ws(berxit_workspace *ws) {
     if (!ws) return;
-    void *bufs[] = {ws->len, ws->start, ws->x, ws->qkv, ws->ctx, ws->tmp, ws->ffn, ws->scores, ws->pooled,
+    void *bufs[] = {ws->len, ws->start, ws->x, ws->qkv, ws->ctx, ws->tmp, ws->ffn, ws->scores, ws->kt, ws->pooled,
                     ws->head, ws->orig, ws->kidx, ws->prev_label, ws->count, ws->prev_value, ws->done};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(ws);

@@ -133,6 +133,21 @@ int32_t berxit_ws_rows(const berxit_workspace *ws);
 /* The last error's message on this workspace. */
 const char *berxit_ws_errmsg(const berxit_workspace *ws);
 
+/* -- WordPiece tokenizer (BERT uncased / cased), from ARTIFACT/native/{vocab.txt,tokenizer.txt} --
+ * Gives the ids the artifact's tokenizer.json gives through the `tokenizers` library. Artifacts
+ * with another tokenizer type have no native/tokenizer.txt: open fails with "unsupported
+ * tokenizer; pass token ids". A tokenizer is read-only after open and safe to share between
+ * threads; each call allocates scratch memory for its text (freed before it returns). */
+typedef struct berxit_tokenizer berxit_tokenizer;
+int berxit_tokenizer_open(const char *artifact_dir, berxit_tokenizer **out); /* errors: berxit_open_errmsg() */
+/* text_b: NULL for single-text tasks. Writes n <= max_len ids ([CLS] A [SEP] (B [SEP]), longest
+ * first truncation) and type ids (may be NULL); *truncated (may be NULL) = 1 when cut. Invalid
+ * UTF-8 -> BERXIT_ERR_INPUT. */
+int berxit_tokenize(berxit_tokenizer *t, const char *text_a, const char *text_b, int32_t max_len, int64_t *ids,
+                    int64_t *type_ids, int32_t *n_out, int32_t *truncated);
+const char *berxit_tokenizer_errmsg(const berxit_tokenizer *t);
+void berxit_tokenizer_close(berxit_tokenizer *t);
+
 #ifdef __cplusplus
 }
 #endif

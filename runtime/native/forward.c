@@ -43,6 +43,7 @@ int bx_ws_reserve(berxit_workspace *ws, size_t rows, size_t seq) {
     }
     if (seq > ws->cap_seq) {
         ws->scores = grow(ws->scores, seq, sizeof(float), &ok);
+        ws->kt = grow(ws->kt, seq * (size_t)(c->hidden / c->heads), sizeof(float), &ok);
         if (!ok) { ws->cap_seq = 0; return BERXIT_ERR_NOMEM; }
         ws->cap_seq = seq;
     }
@@ -94,26 +95,47 @@ void bx_embed(berxit_workspace *ws, const int64_t *ids, const int64_t *tt, const
     ws->tokens = t;
 }
 
+/* exp(x) for x <= 0, branch free (vectorizes): 2^n * p(r), |r| <= ln2 / 2, rel. error ~2e-7 */
+static inline float exp_neg(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    float n = __builtin_roundf(x * 1.44269504088896341f);
+    float r = x - n * 0.693145751953125f - n * 1.428606765330187e-06f;
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (0.16666666f + r * (0.041666418f + r * (0.0083333949f
+              + r * 0.0013888889f)))));
+    int32_t e = ((int32_t)n + 127) << 23;
+    float s;
+    memcpy(&s, &e, 4);
+    return p * s;
+}
+
+/* softmax(q k^T / sqrt(d)) v per row and head. K of the head is first copied transposed
+ * ([d, n], into `kt`), so the scores of one query are n independent accumulators over
+ * contiguous memory (vectorizable without reassociating float sums), as is the context. */
 static void attention(berxit_workspace *ws) {
     const bx_config *c = &ws->m->cfg;
     int32_t H = c->hidden, nh = c->heads, d = H / nh;
-    float scale = 1.0f / sqrtf((float)d), *sc = ws->scores;
+    float scale = 1.0f / sqrtf((float)d), *sc = ws->scores, *kt = ws->kt;
     for (int32_t r = 0; r < ws->rows; r++) {
         int32_t n = ws->len[r];
         const float *base = ws->qkv + (size_t)ws->start[r] * 3 * H;
         for (int32_t h = 0; h < nh; h++) {
+            for (int32_t j = 0; j < n; j++) {
+                const float *k = base + (size_t)j * 3 * H + H + h * d;
+                for (int32_t u = 0; u < d; u++) kt[(size_t)u * n + j] = k[u];
+            }
             for (int32_t i = 0; i < n; i++) {
                 const float *q = base + (size_t)i * 3 * H + h * d;
-                float mx = -INFINITY;
-                for (int32_t j = 0; j < n; j++) {
-                    const float *k = base + (size_t)j * 3 * H + H + h * d;
-                    float s = 0.0f;
-                    for (int32_t u = 0; u < d; u++) s += q[u] * k[u];
-                    sc[j] = s * scale;
-                    if (sc[j] > mx) mx = sc[j];
+                for (int32_t j = 0; j < n; j++) sc[j] = 0.0f;
+                for (int32_t u = 0; u < d; u++) {
+                    float qu = q[u];
+                    const float *ku = kt + (size_t)u * n;
+                    for (int32_t j = 0; j < n; j++) sc[j] += qu * ku[j];
                 }
+                float mx = -INFINITY;
+                for (int32_t j = 0; j < n; j++) { sc[j] *= scale; mx = sc[j] > mx ? sc[j] : mx; }
                 float sum = 0.0f;
-                for (int32_t j = 0; j < n; j++) { sc[j] = expf(sc[j] - mx); sum += sc[j]; }
+                for (int32_t j = 0; j < n; j++) sc[j] = exp_neg(sc[j] - mx);
+                for (int32_t j = 0; j < n; j++) sum += sc[j];
                 float inv = 1.0f / sum, *o = ws->ctx + (size_t)(ws->start[r] + i) * H + h * d;
                 for (int32_t u = 0; u < d; u++) o[u] = 0.0f;
                 for (int32_t j = 0; j < n; j++) {
@@ -123,6 +145,18 @@ static void attention(berxit_workspace *ws) {
                 }
             }
         }
+    }
+}
+
+/* GELU with erf (not the tanh form): erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7, as
+ * onnxruntime's own vectorized erf is an approximation at float precision too) */
+static void gelu(float *v, size_t n) {
+    for (size_t k = 0; k < n; k++) {
+        float x = v[k], z = x * 0.70710678118654752f, a = z < 0.0f ? -z : z;
+        float t = 1.0f / (1.0f + 0.3275911f * a);
+        float y = 1.0f - t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f
+                  + t * 1.061405429f)))) * exp_neg(-a * a);
+        v[k] = 0.5f * x * (1.0f + (z < 0.0f ? -y : y));
     }
 }
 
@@ -140,10 +174,7 @@ void bx_layer_forward(berxit_workspace *ws, int32_t i) {
         layer_norm(x, a, L->ln1_w, L->ln1_b, H, eps);
     }
     bx_linear_forward(&L->ffn_in, ws->x, T, ws->ffn);
-    for (size_t k = 0; k < (size_t)T * I; k++) {
-        float v = ws->ffn[k];
-        ws->ffn[k] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
-    }
+    gelu(ws->ffn, (size_t)T * I);
     bx_linear_forward(&L->ffn_out, ws->ffn, T, ws->tmp);
     for (size_t t = 0; t < (size_t)T; t++) {
         float *a = ws->tmp + t * H, *x = ws->x + t * H;

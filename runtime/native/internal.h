@@ -49,7 +49,7 @@ struct berxit_workspace {
     int32_t stage;                  /* stages run since embed; -1: no batch */
     size_t cap_tokens, cap_rows, cap_seq;
     int32_t *len, *start;           /* [cap_rows] per live row: tokens, first token */
-    float *x, *qkv, *ctx, *tmp, *ffn, *scores, *pooled, *head; /* activations, packed tokens */
+    float *x, *qkv, *ctx, *tmp, *ffn, *scores, *kt, *pooled, *head; /* activations, packed tokens */
     /* berxit_run's loop state */
     int32_t *orig, *kidx, *prev_label, *count;
     float *prev_value;

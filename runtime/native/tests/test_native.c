@@ -258,6 +258,33 @@ static int read_file(const char *path) {
     return file_size == (size_t)n ? 0 : -1;
 }
 
+/* the WordPiece tokenizer of the artifact holding this weights file (ARTIFACT/native/) */
+static void tokenizer_checks(const char *weights) {
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", weights);
+    char *cut = strstr(dir, "/native/weights.bin");
+    if (!cut) return;
+    *cut = 0;
+    berxit_tokenizer *t;
+    if (berxit_tokenizer_open(dir, &t) != BERXIT_OK) { printf("note: no tokenizer (%s)\n", berxit_open_errmsg()); return; }
+    int64_t ids[16], tt[16];
+    int32_t n, trunc;
+    CHECK(berxit_tokenize(t, "the cat", "a dog", 16, ids, tt, &n, &trunc) == BERXIT_OK && n >= 5 && !trunc, "pair");
+    CHECK(tt[0] == 0 && tt[n - 1] == 1, "type ids");
+    CHECK(berxit_tokenize(t, "\xff\xfe", NULL, 16, ids, tt, &n, &trunc) == BERXIT_ERR_INPUT &&
+          strlen(berxit_tokenizer_errmsg(t)), "invalid UTF-8");
+    CHECK(berxit_tokenize(t, "x", "y", 2, ids, tt, &n, &trunc) == BERXIT_ERR_ARG, "max_len too small");
+    CHECK(berxit_tokenize(t, NULL, NULL, 16, ids, tt, &n, &trunc) == BERXIT_ERR_ARG, "NULL text");
+    char *big = malloc(20001);
+    for (int i = 0; i < 20000; i++) big[i] = "ab c\xc3\xa9,"[i % 7];
+    big[20000] = 0;
+    CHECK(berxit_tokenize(t, big, big, 16, ids, tt, &n, &trunc) == BERXIT_OK && n == 16 && trunc, "long pair truncated");
+    free(big);
+    berxit_tokenizer *u;
+    CHECK(berxit_tokenizer_open("/nonexistent", &u) != BERXIT_OK && strlen(berxit_open_errmsg()), "no tokenizer files");
+    berxit_tokenizer_close(t);
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || read_file(argv[1]) != 0) { fprintf(stderr, "usage: %s WEIGHTS_FILE [alloc N]\n", argv[0]); return 2; }
     berxit_model *m;
@@ -278,6 +305,7 @@ int main(int argc, char **argv) {
     bad_inputs(m);
     bad_files();
     threads_and_batching(m);
+    tokenizer_checks(argv[1]);
     berxit_close(m);
     free(file_data);
     printf("%s: %d checks, %d failures\n", failures ? "FAILED" : "ok", checks, failures);
