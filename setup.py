@@ -14,7 +14,7 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-SOURCES = [f"runtime/native/{f}.c" for f in ("api", "weights", "forward", "gemm", "policy", "tokenizer")]
+SOURCES = [f"runtime/native/{f}.c" for f in ("api", "weights", "forward", "gemm", "policy", "threads", "tokenizer")]
 
 
 def blas_options() -> tuple[list[str], list[str], list[str], str]:

@@ -14,7 +14,7 @@ if [ ${#seeds[@]} -eq 0 ]; then
 fi
 [ ${#seeds[@]} -gt 0 ] || { echo "no seed weights files: pass some (an export writes ARTIFACT/native/weights.bin)" >&2; exit 2; }
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
-src=(runtime/native/api.c runtime/native/weights.c runtime/native/forward.c runtime/native/gemm.c runtime/native/policy.c runtime/native/tokenizer.c)
+src=(runtime/native/api.c runtime/native/weights.c runtime/native/forward.c runtime/native/gemm.c runtime/native/policy.c runtime/native/threads.c runtime/native/tokenizer.c)
 clang=$(command -v clang || command -v clang-14 || true)
 if [ -n "$clang" ]; then
   "$clang" -std=c11 -O1 -g -fsanitize=fuzzer,address,undefined -Iruntime/native -o "$work/fuzz" \

@@ -219,6 +219,15 @@ def test_example_host_and_c_tests_under_sanitizers(rte_art, stsb_art, tmp_path):
     for art in (rte_art, stsb_art):
         r = subprocess.run([str(tests), str(art / "native" / "weights.bin")], capture_output=True, text=True, timeout=120)
         assert r.returncode == 0 and r.stdout.strip().startswith("ok:"), r.stdout[-3000:] + r.stderr[-3000:]
+    clang = shutil.which("clang") or shutil.which("clang-14")
+    if clang is not None:  # ThreadSanitizer over the same program (shared handle, own workspaces, helper threads)
+        tsan = tmp_path / "test_tsan"
+        subprocess.run([clang, "-std=c11", "-O1", "-g", "-fsanitize=thread", f"-I{NATIVE}", "-o", str(tsan),
+                        str(NATIVE / "tests" / "test_native.c"), *SOURCES, "-lm", "-lpthread"], check=True,
+                       capture_output=True)
+        r = subprocess.run([str(tsan), str(rte_art / "native" / "weights.bin")], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0 and "WARNING: ThreadSanitizer" not in r.stderr, r.stderr[-3000:]
     if shutil.which("valgrind") is None:
         pytest.skip("valgrind is not installed (the sanitizer runs passed)")
     plain = _cc(tmp_path / "classify_plain", str(NATIVE / "examples" / "classify.c"), *SOURCES)

@@ -84,6 +84,7 @@ def load_library() -> C.CDLL:
             "berxit_info": (C.c_int, [vp, C.POINTER(ModelInfo)]),
             "berxit_run": (C.c_int, [vp, vp, vp, vp, C.c_int32, C.c_int32, C.POINTER(Policy), C.POINTER(Result)]),
             "berxit_errmsg": (cp, [vp]),
+            "berxit_set_threads": (C.c_int, [vp, C.c_int32]),
             "berxit_close": (None, [vp]),
             "berxit_workspace_new": (C.c_int, [vp, C.POINTER(vp)]),
             "berxit_workspace_free": (None, [vp]),
@@ -140,6 +141,9 @@ class NativeBackend(Backend):
             raise ArtifactError(f"the native runtime refuses {m.native.file}: "
                                 f"{self.lib.berxit_open_errmsg().decode(errors='replace')}")
         self.handle = h
+        from .ort import default_threads
+        self.threads = min(2, threads or default_threads())  # the builtin sgemm: 1 or 2 threads per workspace
+        self.lib.berxit_set_threads(h, self.threads)
         info = ModelInfo()
         self.lib.berxit_info(h, C.byref(info))
         self.info = info

@@ -26,6 +26,7 @@ const char *berxit_ws_errmsg(const berxit_workspace *ws) { return ws ? ws->err :
 
 static void free_ws(berxit_workspace *ws) {
     if (!ws) return;
+    bx_threads_stop(ws);
     void *bufs[] = {ws->len, ws->start, ws->x, ws->qkv, ws->ctx, ws->tmp, ws->ffn, ws->scores, ws->kt, ws->pooled,
                     ws->head, ws->orig, ws->kidx, ws->prev_label, ws->count, ws->prev_value, ws->done};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
@@ -48,7 +49,7 @@ static void free_model(berxit_model *m) {
 
 static berxit_workspace *new_ws(const berxit_model *m) {
     berxit_workspace *ws = calloc(1, sizeof *ws);
-    if (ws) { ws->m = m; ws->stage = -1; }
+    if (ws) { ws->m = m; ws->stage = -1; ws->threads = m->threads; }
     return ws;
 }
 
@@ -58,6 +59,7 @@ static int open_file_buffer(unsigned char *file, size_t size, berxit_model **out
     if (!m) { free(file); return bx_fail(open_err, BERXIT_ERR_NOMEM, "out of memory"); }
     m->file = file;
     m->file_size = size;
+    m->threads = 1;
     int rc = bx_load_weights(m, open_err);
     for (int32_t i = 0; rc == BERXIT_OK && i < m->cfg.layers; i++) {
         bx_layer *L = &m->layer[i];
@@ -145,6 +147,16 @@ int berxit_info(const berxit_model *m, berxit_model_info *info) {
     info->vocab_size = c->vocab;
     info->type_vocab_size = c->type_vocab;
     info->blas = bx_blas_name();
+    return BERXIT_OK;
+}
+
+int berxit_set_threads(berxit_model *m, int32_t threads) {
+    if (!m) return BERXIT_ERR_ARG;
+    if (threads < 1 || threads > 2) return bx_fail(m->err, BERXIT_ERR_ARG, "threads must be 1 or 2, got %d", threads);
+    pthread_mutex_lock(&m->mu);
+    m->threads = threads;
+    if (m->ws->threads != threads) { bx_threads_stop(m->ws); m->ws->threads = threads; }
+    pthread_mutex_unlock(&m->mu);
     return BERXIT_OK;
 }
 

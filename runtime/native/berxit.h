@@ -13,6 +13,8 @@
  * on that handle by any thread; read it in the thread that got the error, before its next call.
  * The library has no global mutable state; berxit_open_errmsg is thread-local.
  *
+ * Threads: see berxit_set_threads (the builtin sgemm can use one helper thread per workspace).
+ *
  * Memory: the caller owns every input and output buffer. The workspace grows to the largest
  * (batch, sequence) seen and is reused: repeated calls at or below that size allocate nothing.
  * Inputs: int64 token ids, token type ids and an attention mask, [batch, seq] row-major, right
@@ -114,6 +116,11 @@ int berxit_info(const berxit_model *m, berxit_model_info *info);
  * an error code with nothing written for invalid arguments. */
 int berxit_run(berxit_model *m, const int64_t *ids, const int64_t *type_ids, const int64_t *mask,
                int32_t batch, int32_t seq, const berxit_policy *policy, berxit_result *out);
+
+/* Threads of the builtin matrix products per workspace: 1 (default) or 2 (one helper thread
+ * per workspace, started on first use, blocked between products). Applies to the handle's
+ * workspace and to workspaces created afterwards. OpenBLAS builds use OPENBLAS_NUM_THREADS. */
+int berxit_set_threads(berxit_model *m, int32_t threads);
 
 /* The last error's message on this handle ("" if none). Valid until the next call on it. */
 const char *berxit_errmsg(const berxit_model *m);

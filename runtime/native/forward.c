@@ -98,7 +98,7 @@ void bx_embed(berxit_workspace *ws, const int64_t *ids, const int64_t *tt, const
 /* exp(x) for x <= 0, branch free (vectorizes): 2^n * p(r), |r| <= ln2 / 2, rel. error ~2e-7 */
 static inline float exp_neg(float x) {
     x = x < -87.0f ? -87.0f : x;
-    float n = __builtin_roundf(x * 1.44269504088896341f);
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest, no libm call */
     float r = x - n * 0.693145751953125f - n * 1.428606765330187e-06f;
     float p = 1.0f + r * (1.0f + r * (0.5f + r * (0.16666666f + r * (0.041666418f + r * (0.0083333949f
               + r * 0.0013888889f)))));
@@ -165,17 +165,17 @@ void bx_layer_forward(berxit_workspace *ws, int32_t i) {
     const bx_layer *L = &m->layer[i];
     int32_t H = m->cfg.hidden, I = m->cfg.intermediate, T = ws->tokens;
     float eps = m->cfg.eps;
-    bx_linear_forward(&L->qkv, ws->x, T, ws->qkv);
+    bx_linear_forward(ws, &L->qkv, ws->x, T, ws->qkv);
     attention(ws);
-    bx_linear_forward(&L->attn_out, ws->ctx, T, ws->tmp);
+    bx_linear_forward(ws, &L->attn_out, ws->ctx, T, ws->tmp);
     for (size_t t = 0; t < (size_t)T; t++) {
         float *a = ws->tmp + t * H, *x = ws->x + t * H;
         for (int32_t j = 0; j < H; j++) a[j] += x[j];
         layer_norm(x, a, L->ln1_w, L->ln1_b, H, eps);
     }
-    bx_linear_forward(&L->ffn_in, ws->x, T, ws->ffn);
+    bx_linear_forward(ws, &L->ffn_in, ws->x, T, ws->ffn);
     gelu(ws->ffn, (size_t)T * I);
-    bx_linear_forward(&L->ffn_out, ws->ffn, T, ws->tmp);
+    bx_linear_forward(ws, &L->ffn_out, ws->ffn, T, ws->tmp);
     for (size_t t = 0; t < (size_t)T; t++) {
         float *a = ws->tmp + t * H, *x = ws->x + t * H;
         for (int32_t j = 0; j < H; j++) a[j] += x[j];
@@ -198,7 +198,7 @@ void bx_head_forward(berxit_workspace *ws, int32_t exit_index, float *out) {
                 for (int32_t j = 0; j < H; j++) p[j] += w * x[(size_t)t * H + j];
         }
     }
-    bx_linear_forward(&m->head[exit_index], ws->pooled, ws->rows, out);
+    bx_linear_forward(ws, &m->head[exit_index], ws->pooled, ws->rows, out);
 }
 
 /* only live rows `rows` (increasing) go on: their token blocks move forward in place */

@@ -21,8 +21,10 @@
 
 const char *bx_blas_name(void) { return "openblas"; }
 int bx_pack(bx_linear *l) { (void)l; return BERXIT_OK; }
+size_t bx_panels(const bx_linear *l) { (void)l; return 1; } /* OpenBLAS runs its own threads */
 
-void bx_linear_forward(const bx_linear *l, const float *x, int32_t rows, float *y) {
+void bx_linear_panels(const bx_linear *l, const float *x, int32_t rows, float *y, size_t p0, size_t p1) {
+    if (p0 >= p1) return;
     for (int32_t i = 0; i < rows; i++) memcpy(y + (size_t)i * l->out, l->b, sizeof(float) * (size_t)l->out);
     BX_SGEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, l->out, l->in, 1.0f, x, l->in, l->w, l->out, 1.0f, y,
              l->out);
@@ -88,12 +90,15 @@ static void kernel(const float *x, size_t K, const float *bp, size_t k0, size_t 
     }
 }
 
-void bx_linear_forward(const bx_linear *l, const float *x, int32_t rows, float *y) {
-    size_t K = (size_t)l->in, N = (size_t)l->out, panels = (N + NR - 1) / NR;
+size_t bx_panels(const bx_linear *l) { return ((size_t)l->out + NR - 1) / NR; }
+
+/* columns of panels [p0, p1) of y = x W + b */
+void bx_linear_panels(const bx_linear *l, const float *x, int32_t rows, float *y, size_t p0, size_t p1) {
+    size_t K = (size_t)l->in, N = (size_t)l->out;
     float bias_pad[NR], buf[MR][NR];
     for (size_t k0 = 0; k0 < K; k0 += KC) {
         size_t k1 = k0 + KC < K ? k0 + KC : K;
-        for (size_t p = 0; p < panels; p++) {
+        for (size_t p = p0; p < p1; p++) {
             const float *bp = l->packed + p * K * NR;
             size_t n0 = p * NR, nn = N - n0 < NR ? N - n0 : NR;
             for (size_t j = 0; j < NR; j++) bias_pad[j] = j < nn ? l->b[n0 + j] : 0.0f;

@@ -38,6 +38,7 @@ struct berxit_model {
     bx_layer *layer;                /* [layers] */
     bx_linear *head;                /* [num_exits] */
     berxit_workspace *ws;           /* berxit_run's workspace, under `mu` */
+    int32_t threads;                /* threads per workspace for the builtin sgemm (1 or 2) */
     pthread_mutex_t mu;
     char err[BX_ERR_LEN];
 };
@@ -54,6 +55,17 @@ struct berxit_workspace {
     int32_t *orig, *kidx, *prev_label, *count;
     float *prev_value;
     unsigned char *done;
+    /* a helper thread for the matrix products (berxit_set_threads(m, 2)); started on first use */
+    int32_t threads, helper_up, quit;
+    pthread_t helper;
+    pthread_mutex_t tmu;
+    pthread_cond_t cv_go, cv_done;
+    unsigned gen, finished;
+    const bx_linear *job_l;
+    const float *job_x;
+    float *job_y;
+    int32_t job_rows;
+    size_t job_p0, job_p1;
     char err[BX_ERR_LEN];
 };
 
@@ -67,7 +79,11 @@ uint64_t bx_checksum(const unsigned char *p, size_t n);
 /* gemm.c */
 const char *bx_blas_name(void);
 int bx_pack(bx_linear *l);          /* builtin sgemm: pack W into panels (no-op with BLAS) */
-void bx_linear_forward(const bx_linear *l, const float *x, int32_t rows, float *y);
+size_t bx_panels(const bx_linear *l);
+void bx_linear_panels(const bx_linear *l, const float *x, int32_t rows, float *y, size_t p0, size_t p1);
+/* threads.c: y = x W + b, the panels split between the calling thread and the workspace's helper */
+void bx_linear_forward(berxit_workspace *ws, const bx_linear *l, const float *x, int32_t rows, float *y);
+void bx_threads_stop(berxit_workspace *ws);
 
 /* forward.c */
 int bx_ws_reserve(berxit_workspace *ws, size_t rows, size_t seq);

@@ -233,6 +233,13 @@ static void threads_and_batching(berxit_model *m) {
         for (int j = 0; j < info.num_outputs; j++)
             CHECK(fabsf(one_lg[j] - ref_lg[r * info.num_outputs + j]) < 1e-5f, "row %d alone differs", r);
     }
+    /* two threads per workspace (the helper splits the products' panels): the same values */
+    CHECK(berxit_set_threads(m, 3) == BERXIT_ERR_ARG, "3 threads refused");
+    CHECK(berxit_set_threads(m, 2) == BERXIT_OK, "2 threads");
+    float two_lg[B * 8];
+    outs two = {.logits = two_lg};
+    CHECK(run(m, &pol, &two, B, S) == BERXIT_OK, "two-thread run");
+    CHECK(memcmp(two_lg, ref_lg, sizeof(float) * B * (size_t)info.num_outputs) == 0, "two threads give other values");
     pthread_t t[4];
     thread_arg a[4];
     for (int i = 0; i < 4; i++) {
