@@ -60,7 +60,7 @@ class ExportConfig:
     trt_opt_seq: int = 128
     exit_layers: tuple[int, ...] | None = None  # None: every layer has an exit; else the layers that do
     head: str = "logits"  # stage graphs' head layout (export/graphs.py): "logits" (lean) or "signals"
-    native: bool = True  # also write native/weights.bin for the C runtime (fp32 BERT models)
+    native: bool = True  # also write native_weights.bin for the C runtime (fp32 BERT models)
 
     def __post_init__(self):
         if self.head not in HEAD_LAYOUTS:
@@ -271,7 +271,8 @@ def build(cfg: ExportConfig) -> Path:
         for r in roles.values():
             r["sha256"] = sha256_file(tmp / r["file"])
         native_record, native_note = _write_native(model, tmp, n, exits, max_len, cfg)
-        tok_files = sorted(p.name for p in tmp.iterdir() if p.is_file() and p.suffix != ".onnx")
+        tok_files = sorted(p.name for p in tmp.iterdir() if p.is_file() and p.suffix != ".onnx"
+                           and not p.name.startswith("native_"))  # the native runtime's files have their own record
         trt_record = None
         if cfg.tensorrt:
             from .tensorrt import ENGINE_DIR, build_engines, profile_for
@@ -396,7 +397,7 @@ def parse_args(argv: list[str] | None = None) -> ExportConfig:
                         "derives the signals: fewest graph ops) or 'signals' (every exit signal computed in the graph)")
     p.add_argument("--no-fuse", action="store_true", help="skip onnxruntime's transformer fusion")
     p.add_argument("--no-native", action="store_true",
-                   help="skip native/weights.bin, the weights file of the C runtime (written for fp32 BERT models)")
+                   help="skip native_weights.bin, the weights file of the C runtime (written for fp32 BERT models)")
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS) + ["fp16"],
                    help="int8: dynamic quantization of every graph (weights per-channel); "
                         "fp16: TensorRT engines in fp16 (with --tensorrt)")

@@ -1,4 +1,4 @@
-"""The weights file the native C runtime reads (runtime/native/): `native/weights.bin`.
+"""The weights file the native C runtime reads (runtime/native/): `native_weights.bin`.
 
 Flat, versioned, little-endian; the C reader (runtime/native/weights.c) checks every field
 against the header before it touches the data:
@@ -45,7 +45,7 @@ NAME_BYTES = 56
 ALIGN = 64
 DTYPE_F32 = 1
 CHECK_KEY = 0x9E3779B97F4A7C15
-NATIVE_FILE = "native/weights.bin"
+NATIVE_FILE = "native_weights.bin"
 
 
 class NativeUnsupported(Exception):
@@ -148,8 +148,8 @@ def write_weights(path: Path, cfg: dict, tensors: dict[str, np.ndarray], exits: 
     return path
 
 
-VOCAB_FILE = "native/vocab.txt"
-TOKENIZER_CFG = "native/tokenizer.txt"
+VOCAB_FILE = "native_vocab.txt"
+TOKENIZER_CFG = "native_tokenizer.txt"
 
 
 def _escape(s: str) -> str:
@@ -157,7 +157,7 @@ def _escape(s: str) -> str:
 
 
 def write_tokenizer(folder: Path, tokenizer_json: bytes) -> tuple[Path, Path]:
-    """native/vocab.txt and native/tokenizer.txt for the C WordPiece tokenizer, from the artifact's
+    """native_vocab.txt and native_tokenizer.txt for the C WordPiece tokenizer, from the artifact's
     tokenizer.json; NativeUnsupported for anything but BERT's WordPiece pipeline."""
     import json
     t = json.loads(tokenizer_json)
@@ -198,7 +198,6 @@ def write_tokenizer(folder: Path, tokenizer_json: bytes) -> tuple[Path, Path]:
              f"clean_text {int(bool(norm.get('clean_text', True)))}",
              f"max_chars_per_word {int(model.get('max_input_chars_per_word', 100))}",
              f"unk_id {ids[model.get('unk_token', '[UNK]')]}", f"cls_id {ids[cls]}", f"sep_id {ids[sep]}", *specials]
-    (folder / "native").mkdir(parents=True, exist_ok=True)
     v, c = folder / VOCAB_FILE, folder / TOKENIZER_CFG
     v.write_text("".join(w + "\n" for w, _ in vocab), encoding="utf-8")
     c.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -2,7 +2,7 @@
 # The long fuzz pass over the native runtime's weights-file reader (runtime/native/fuzz):
 # libFuzzer (clang -fsanitize=fuzzer,address,undefined) when clang is installed, else the
 # standalone mutation driver built with gcc + ASan/UBSan. Seeds: weights files given, or
-# those of artifacts under $BERXIT_FUZZ_SEEDS (a folder searched for native/weights.bin).
+# those of artifacts under $BERXIT_FUZZ_SEEDS (a folder searched for native_weights.bin).
 #   bash scripts/fuzz_native.sh [SECONDS] [WEIGHTS_FILE...]   (default 600 seconds)
 # With BERXIT_FUZZ_ARTIFACT=ART (and clang) the tokenizer target runs SECONDS more over ART's vocabulary.
 set -euo pipefail
@@ -10,9 +10,9 @@ cd "$(dirname "$0")/.."
 secs=${1:-600}; shift || true
 seeds=("$@")
 if [ ${#seeds[@]} -eq 0 ]; then
-  mapfile -t seeds < <(find "${BERXIT_FUZZ_SEEDS:-.}" -path '*native/weights.bin' -size -5M 2>/dev/null | head -8)
+  mapfile -t seeds < <(find "${BERXIT_FUZZ_SEEDS:-.}" -path '*native_weights.bin' -size -5M 2>/dev/null | head -8)
 fi
-[ ${#seeds[@]} -gt 0 ] || { echo "no seed weights files: pass some (an export writes ARTIFACT/native/weights.bin)" >&2; exit 2; }
+[ ${#seeds[@]} -gt 0 ] || { echo "no seed weights files: pass some (an export writes ARTIFACT/native_weights.bin)" >&2; exit 2; }
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 src=(runtime/native/api.c runtime/native/weights.c runtime/native/forward.c runtime/native/gemm.c runtime/native/policy.c runtime/native/threads.c runtime/native/tokenizer.c)
 clang=$(command -v clang || command -v clang-14 || true)

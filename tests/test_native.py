@@ -178,7 +178,7 @@ def test_bad_inputs_and_artifacts_say_what_is_wrong(native_lib, rte_art, tmp_pat
     # a weights file that does not match its sha256, and an artifact without one
     bad = tmp_path / "bad"
     shutil.copytree(rte_art, bad)
-    w = bad / "native" / "weights.bin"
+    w = bad / "native_weights.bin"
     data = bytearray(w.read_bytes())
     data[-10] ^= 1
     w.write_bytes(bytes(data))
@@ -217,7 +217,7 @@ def test_example_host_and_c_tests_under_sanitizers(rte_art, stsb_art, tmp_path):
     r = subprocess.run([str(example), str(rte_art), "1", str(10 ** 7)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "outside the vocabulary" in r.stderr
     for art in (rte_art, stsb_art):
-        r = subprocess.run([str(tests), str(art / "native" / "weights.bin")], capture_output=True, text=True, timeout=120)
+        r = subprocess.run([str(tests), str(art / "native_weights.bin")], capture_output=True, text=True, timeout=120)
         assert r.returncode == 0 and r.stdout.strip().startswith("ok:"), r.stdout[-3000:] + r.stderr[-3000:]
     clang = shutil.which("clang") or shutil.which("clang-14")
     if clang is not None:  # ThreadSanitizer over the same program (shared handle, own workspaces, helper threads)
@@ -225,7 +225,7 @@ def test_example_host_and_c_tests_under_sanitizers(rte_art, stsb_art, tmp_path):
         subprocess.run([clang, "-std=c11", "-O1", "-g", "-fsanitize=thread", f"-I{NATIVE}", "-o", str(tsan),
                         str(NATIVE / "tests" / "test_native.c"), *SOURCES, "-lm", "-lpthread"], check=True,
                        capture_output=True)
-        r = subprocess.run([str(tsan), str(rte_art / "native" / "weights.bin")], capture_output=True, text=True,
+        r = subprocess.run([str(tsan), str(rte_art / "native_weights.bin")], capture_output=True, text=True,
                            timeout=120)
         assert r.returncode == 0 and "WARNING: ThreadSanitizer" not in r.stderr, r.stderr[-3000:]
     if shutil.which("valgrind") is None:
@@ -238,7 +238,7 @@ def test_example_host_and_c_tests_under_sanitizers(rte_art, stsb_art, tmp_path):
     allocs = []
     for n in (1, 6):
         r = subprocess.run(["valgrind", "--error-exitcode=9", "--leak-check=full", str(tplain),
-                            str(rte_art / "native" / "weights.bin"), "alloc", str(n)], capture_output=True, text=True,
+                            str(rte_art / "native_weights.bin"), "alloc", str(n)], capture_output=True, text=True,
                            timeout=120)
         assert r.returncode == 0, r.stderr[-2000:]
         allocs.append([ln for ln in r.stderr.splitlines() if "total heap usage" in ln][0].split("usage:")[1].split(",")[0])
@@ -248,7 +248,7 @@ def test_example_host_and_c_tests_under_sanitizers(rte_art, stsb_art, tmp_path):
 def test_short_fuzz_pass_over_the_weights_reader(rte_art, stsb_art, tmp_path):
     """~12 s: libFuzzer (weights reader, then the tokenizer) when clang is here, else the standalone
     mutation driver over the weights reader (both with ASan/UBSan)."""
-    seeds = [str(rte_art / "native" / "weights.bin"), str(stsb_art / "native" / "weights.bin")]
+    seeds = [str(rte_art / "native_weights.bin"), str(stsb_art / "native_weights.bin")]
     target = str(NATIVE / "fuzz" / "fuzz_weights.c")
     clang = shutil.which("clang") or shutil.which("clang-14")
     if clang is not None:
@@ -288,7 +288,7 @@ def test_c_tokenizer_matches_tokenizers(native_lib, rte_art, tmp_path):
     from benchmarks.native_tokenizer import ADVERSARIAL, _random_texts, _variant
     from export.native import NativeUnsupported, write_tokenizer
     from runtime.backends.native import NativeTokenizer
-    assert (rte_art / "native" / "vocab.txt").is_file()
+    assert (rte_art / "native_vocab.txt").is_file()
     base = json.loads((rte_art / "tokenizer.json").read_text())
     pairs = list(zip(TEXTS_A, TEXTS_B)) + [(t, None) for t in ADVERSARIAL + _random_texts(150)] + \
         [(a, b) for a, b in zip(ADVERSARIAL, reversed(ADVERSARIAL))]

@@ -5,7 +5,7 @@ loop (runtime/chain.py) is the same for all of them.
     cuda          onnxruntime-gpu, CUDAExecutionProvider, hidden states kept on the device
     ort-tensorrt  onnxruntime-gpu with TensorrtExecutionProvider (needs TensorRT installed)
     tensorrt      the artifact's own TensorRT engines (export.build --tensorrt)
-    native        the C runtime (runtime/native/, libberxit) over the artifact's native/weights.bin
+    native        the C runtime (runtime/native/, libberxit) over the artifact's native_weights.bin
 
 Only `cpu` has been run and measured in this project (no machine it was built on has a GPU with
 TensorRT or onnxruntime-gpu); the others are selected and checked so that asking for them fails

@@ -1,6 +1,6 @@
 """`native`: the C runtime (runtime/native/, libberxit) through ctypes.
 
-The artifact's weights file (native/weights.bin, written by export.build) is read once, its
+The artifact's weights file (native_weights.bin, written by export.build) is read once, its
 sha256 checked against the manifest, and handed to the library from memory (so a file swapped
 after its check is never used). Two ways in:
 
@@ -124,7 +124,7 @@ def c_policy(policy, keep: list | None = None) -> Policy:
 
 
 class NativeBackend(Backend):
-    """The artifact's native/weights.bin, run by libberxit."""
+    """The artifact's native_weights.bin, run by libberxit."""
 
     name = "native"
 
@@ -250,7 +250,7 @@ class NativeWorkspace(Workspace):
 
 
 class NativeTokenizer:
-    """The C WordPiece tokenizer (berxit_tokenize) over ARTIFACT/native/{vocab,tokenizer}.txt: for
+    """The C WordPiece tokenizer (berxit_tokenize) over ARTIFACT/native_{vocab,tokenizer}.txt: for
     parity checks against the `tokenizers` library (the Python runtime itself uses tokenizer.json)."""
 
     def __init__(self, artifact_dir: str | os.PathLike, max_len: int):

@@ -96,7 +96,7 @@ int berxit_open(const char *path, berxit_model **out) {
     if (stat(path, &st) != 0)
         return bx_fail(open_err, BERXIT_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
     if (S_ISDIR(st.st_mode)) {
-        if (snprintf(full, sizeof full, "%s/native/weights.bin", path) >= (int)sizeof full)
+        if (snprintf(full, sizeof full, "%s/native_weights.bin", path) >= (int)sizeof full)
             return bx_fail(open_err, BERXIT_ERR_ARG, "path too long");
     } else if (snprintf(full, sizeof full, "%s", path) >= (int)sizeof full) {
         return bx_fail(open_err, BERXIT_ERR_ARG, "path too long");
@@ -105,7 +105,7 @@ int berxit_open(const char *path, berxit_model **out) {
     if (!f)
         return bx_fail(open_err, BERXIT_ERR_IO, "cannot open '%s': %s%s", full, strerror(errno),
                        S_ISDIR(st.st_mode) ? " (export the artifact with this toolkit's `python -m export.build`: it "
-                       "writes native/weights.bin for fp32 BERT models)" : "");
+                       "writes native_weights.bin for fp32 BERT models)" : "");
     if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size < 0) {
         fclose(f);
         return bx_fail(open_err, BERXIT_ERR_IO, "'%s' is not a regular file", full);

@@ -1,7 +1,7 @@
 /* berxit.h -- early-exit inference for BERT-class models, in C11, without Python.
  *
  * Runs an artifact written by `python -m export.build` from its weights file
- * (ARTIFACT/native/weights.bin): embeddings, transformer layers, one exit head per exit layer,
+ * (ARTIFACT/native_weights.bin): embeddings, transformer layers, one exit head per exit layer,
  * the exit signals, and the early-exit loop with batch compaction (rows that exit leave the
  * batch). Every function returns BERXIT_OK (0) or an error code; the handle keeps a message for
  * its last error (berxit_errmsg), and a failed open leaves one in berxit_open_errmsg().
@@ -101,7 +101,7 @@ typedef struct {
     float *lte;          /* [batch] LTE certainty at the exit (NaN without an LTE head) */
 } berxit_result;
 
-/* Open ARTIFACT_DIR (reads ARTIFACT_DIR/native/weights.bin) or a weights file path. The file
+/* Open ARTIFACT_DIR (reads ARTIFACT_DIR/native_weights.bin) or a weights file path. The file
  * is read into memory and checked (magic, version, every size, offset, dtype and shape, the
  * checksum) before use. On failure *out is NULL and berxit_open_errmsg() says why. */
 int berxit_open(const char *dir_or_weights_path, berxit_model **out);
@@ -140,9 +140,9 @@ int32_t berxit_ws_rows(const berxit_workspace *ws);
 /* The last error's message on this workspace. */
 const char *berxit_ws_errmsg(const berxit_workspace *ws);
 
-/* -- WordPiece tokenizer (BERT uncased / cased), from ARTIFACT/native/{vocab.txt,tokenizer.txt} --
+/* -- WordPiece tokenizer (BERT uncased / cased), from ARTIFACT/native_vocab.txt, native_tokenizer.txt --
  * Gives the ids the artifact's tokenizer.json gives through the `tokenizers` library. Artifacts
- * with another tokenizer type have no native/tokenizer.txt: open fails with "unsupported
+ * with another tokenizer type have no native_tokenizer.txt: open fails with "unsupported
  * tokenizer; pass token ids". A tokenizer is read-only after open and safe to share between
  * threads; each call allocates scratch memory for its text (freed before it returns). */
 typedef struct berxit_tokenizer berxit_tokenizer;

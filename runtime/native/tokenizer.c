@@ -5,8 +5,8 @@
  *   spaces around CJK ideographs; accents stripped (NFD, then no nonspacing marks) and lowercase
  *   for uncased models; split on whitespace and punctuation; greedy longest-match WordPiece with
  *   the "##" prefix, [UNK] for a word with no split (or over max_chars_per_word); longest-first
- *   truncation of pairs. Reads ARTIFACT/native/vocab.txt (one token per line, id = line) and
- *   ARTIFACT/native/tokenizer.txt (key value lines), both written by export.build.
+ *   truncation of pairs. Reads ARTIFACT/native_vocab.txt (one token per line, id = line) and
+ *   ARTIFACT/native_tokenizer.txt (key value lines), both written by export.build.
  * Unicode classes, lowercase and decompositions: unicode_tables.h (scripts/gen_unicode_tables.py). */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
@@ -311,7 +311,7 @@ int berxit_tokenizer_open(const char *dir, berxit_tokenizer **out) {
     if (!t) return bx_fail(err, BERXIT_ERR_NOMEM, "out of memory");
     int rc = BERXIT_OK;
     size_t n = 0;
-    snprintf(path, sizeof path, "%s/native/tokenizer.txt", dir);
+    snprintf(path, sizeof path, "%s/native_tokenizer.txt", dir);
     char *cfg = slurp(path, &n, err, &rc);
     if (!cfg) goto fail;
     int version = 0;
@@ -346,7 +346,7 @@ int berxit_tokenizer_open(const char *dir, berxit_tokenizer **out) {
         rc = bx_fail(err, BERXIT_ERR_FORMAT, "unsupported tokenizer (%s, version %d); pass token ids", type[0] ? type : "?", version);
         goto fail;
     }
-    snprintf(path, sizeof path, "%s/native/vocab.txt", dir);
+    snprintf(path, sizeof path, "%s/native_vocab.txt", dir);
     if (!(t->blob = slurp(path, &n, err, &rc))) goto fail;
     size_t lines = 0;
     for (size_t i = 0; i < n; i++) lines += t->blob[i] == '\n';

@@ -130,7 +130,7 @@ int bx_load_weights(berxit_model *m, char *err) {
                        "weights file or truncated; re-export the artifact", (unsigned long long)size);
     if (memcmp(p, MAGIC, 8) != 0)
         return bx_fail(err, BERXIT_ERR_FORMAT, "not a berxit weights file (wrong magic); pass ARTIFACT or "
-                       "ARTIFACT/native/weights.bin written by `python -m export.build`");
+                       "ARTIFACT/native_weights.bin written by `python -m export.build`");
     uint32_t version = rd32(p + 8);
     if (version != FORMAT_VERSION)
         return bx_fail(err, BERXIT_ERR_FORMAT, "weights file version %u; this library reads version %u: re-export "

@@ -1,6 +1,6 @@
 /* libFuzzer target over the C WordPiece tokenizer: any bytes as one text and, split at the
  * first byte 0x01, as a pair; must give ids within max_len or refuse (invalid UTF-8) with a
- * message. The artifact folder comes from $BERXIT_FUZZ_ARTIFACT (its native/vocab.txt). */
+ * message. The artifact folder comes from $BERXIT_FUZZ_ARTIFACT (its native_vocab.txt). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>

@@ -269,7 +269,7 @@ static int read_file(const char *path) {
 static void tokenizer_checks(const char *weights) {
     char dir[4096];
     snprintf(dir, sizeof dir, "%s", weights);
-    char *cut = strstr(dir, "/native/weights.bin");
+    char *cut = strstr(dir, "/native_weights.bin");
     if (!cut) return;
     *cut = 0;
     berxit_tokenizer *t;
