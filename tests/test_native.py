@@ -253,23 +253,23 @@ def test_short_fuzz_pass_over_the_weights_reader(rte_art, stsb_art, tmp_path):
     clang = shutil.which("clang") or shutil.which("clang-14")
     if clang is not None:
         exe = tmp_path / "fuzz"
-        subprocess.run([clang, "-std=c11", "-O1", "-g", "-fsanitize=fuzzer,address,undefined", f"-I{NATIVE}", "-o",
+        subprocess.run([clang, "-std=c11", "-O1", "-g", "-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=undefined", f"-I{NATIVE}", "-o",
                         str(exe), target, *SOURCES, "-lm", "-lpthread"], check=True, capture_output=True)
         corpus = tmp_path / "corpus"
         corpus.mkdir()
         for s in seeds:
             shutil.copy(s, corpus)
-        r = subprocess.run([str(exe), "-max_total_time=8", "-max_len=200000", "-seed=1", str(corpus)],
+        r = subprocess.run([str(exe), "-max_total_time=8", "-max_len=200000", "-seed=1", f"-artifact_prefix={tmp_path}/", str(corpus)],
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0 and "Done" in r.stderr, r.stderr[-3000:]
         tok = tmp_path / "fuzz_tok"  # the tokenizer target, over the tiny artifact's vocabulary
-        subprocess.run([clang, "-std=c11", "-O1", "-g", "-fsanitize=fuzzer,address,undefined", f"-I{NATIVE}", "-o",
+        subprocess.run([clang, "-std=c11", "-O1", "-g", "-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=undefined", f"-I{NATIVE}", "-o",
                         str(tok), str(NATIVE / "fuzz" / "fuzz_tokenizer.c"), *SOURCES, "-lm", "-lpthread"],
                        check=True, capture_output=True)
         tc = tmp_path / "tcorpus"
         tc.mkdir()
         (tc / "seed").write_bytes("Héllo wörld 中文 [SEP] x\x01second text".encode())
-        r = subprocess.run([str(tok), "-max_total_time=4", "-seed=1", str(tc)], capture_output=True, text=True,
+        r = subprocess.run([str(tok), "-max_total_time=4", "-seed=1", f"-artifact_prefix={tmp_path}/", str(tc)], capture_output=True, text=True,
                            timeout=120, env={**os.environ, "BERXIT_FUZZ_ARTIFACT": str(rte_art)})
         assert r.returncode == 0 and "Done" in r.stderr, r.stderr[-3000:]
     else:

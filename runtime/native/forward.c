@@ -97,7 +97,8 @@ void bx_embed(berxit_workspace *ws, const int64_t *ids, const int64_t *tt, const
 
 /* exp(x) for x <= 0, branch free (vectorizes): 2^n * p(r), |r| <= ln2 / 2, rel. error ~2e-7 */
 static inline float exp_neg(float x) {
-    x = x < -87.0f ? -87.0f : x;
+    float keep = x == x ? 1.0f : x; /* NaN in, NaN out (as the graphs give) */
+    x = x >= -87.0f ? (x <= 0.0f ? x : 0.0f) : -87.0f; /* NaN and -inf -> -87: a defined int conversion */
     float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest, no libm call */
     float r = x - n * 0.693145751953125f - n * 1.428606765330187e-06f;
     float p = 1.0f + r * (1.0f + r * (0.5f + r * (0.16666666f + r * (0.041666418f + r * (0.0083333949f
@@ -105,7 +106,7 @@ static inline float exp_neg(float x) {
     int32_t e = ((int32_t)n + 127) << 23;
     float s;
     memcpy(&s, &e, 4);
-    return p * s;
+    return p * s * keep;
 }
 
 /* softmax(q k^T / sqrt(d)) v per row and head. K of the head is first copied transposed

@@ -225,7 +225,7 @@ static int encode(berxit_tokenizer *t, const char *text, vec *ids) {
             if (t->spec_len[s] > blen && (size_t)t->spec_len[s] <= c.n - i &&
                 memcmp(c.v + i, t->spec_cp[s], sizeof(uint32_t) * (size_t)t->spec_len[s]) == 0) { best = s; blen = t->spec_len[s]; }
         if (best < 0 && i < c.n) { i++; continue; }
-        pieces(t, c.v + seg, i - seg, ids, &oom);
+        if (i > seg) pieces(t, c.v + seg, i - seg, ids, &oom); /* (c.v is NULL for an empty text) */
         if (best >= 0) { push(ids, (uint32_t)t->spec_id[best]); i += (size_t)blen; seg = i; } else break;
     }
     oom |= ids->oom;
