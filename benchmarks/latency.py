@@ -67,13 +67,16 @@ def _spread(vals: list[float]) -> dict[str, float]:
 
 def run_benchmark(artifact: str, task_name: str, data_dir: str | None = None, max_samples: int | None = None,
                   repeats: int = 3, threads: int | None = None, policies: list[str] | None = None, points: int = 6,
-                  thresholds: dict[str, list[float]] | None = None, passes: int = 3) -> dict:
+                  thresholds: dict[str, list[float]] | None = None, passes: int = 3, backend: str = "cpu") -> dict:
     """Setup once, then `passes` independent interleaved timing passes; every ratio is reported as
-    the median over passes (with its range under `spread`)."""
+    the median over passes (with its range under `spread`). backend "native": the C runtime, with
+    onnxruntime's chain and monolithic graph timed beside it (same process, interleaved) and its
+    per-layer outputs and exit decisions compared with onnxruntime's."""
     from runtime.datasets import load_split
 
     threads = threads or default_threads()
-    model = EarlyExitModel(artifact, threads=threads, thread_pool="shared")
+    model = EarlyExitModel(artifact, threads=threads, thread_pool="shared", backend=backend)
+    ort_model = EarlyExitModel(artifact, threads=threads, thread_pool="shared") if backend == "native" else None
     task = get_task(task_name)
     if model.task.name != task.name:
         raise ValueError(f"the artifact was trained for task '{model.task.name}', not '{task.name}'.")
@@ -109,6 +112,31 @@ def run_benchmark(artifact: str, task_name: str, data_dir: str | None = None, ma
         variants[f"forced_{k}"] = (lambda pol: lambda i: model.run(encs[i], pol))(model.policy("fixed", exit_layer=k))
     for j, (pol, _) in enumerate(sweep_cfg):
         variants[f"sweep_{j}"] = (lambda pol: lambda i: model.run(encs[i], pol))(pol)
+
+    parity = None
+    if ort_model is not None:  # native vs onnxruntime: every layer's outputs, every sweep decision
+        variants["ort_monolithic"] = lambda i: ort_model.run_monolithic(encs[i])
+        variants["ort_full_chain"] = (lambda pol: lambda i: ort_model.run(encs[i], pol))(ort_model.policy("fixed", exit_layer=L))
+        ref = [ort_model.layer_outputs(e) for e in encs]
+        diff = {s: 0.0 for s in ("logits", "confidence", "entropy", "lte")}
+        for r_n, r_o in zip(rows, ref):
+            for a, b in zip(r_n, r_o):
+                for s in diff:
+                    if getattr(a, s) is not None:
+                        diff[s] = max(diff[s], float(np.abs(getattr(a, s) - getattr(b, s)).max()))
+        ref_layers = [LayerOutputs(np.concatenate([r[i].logits for r in ref]),
+                                   *(None if getattr(ref[0][i], s) is None else np.concatenate([getattr(r[i], s) for r in ref])
+                                     for s in ("confidence", "entropy", "lte"))) for i in range(len(exits))]
+        labels_differ = 0
+        exits_differ = 0
+        for pol, ex in sweep_cfg:
+            ex_o = simulate(pol, ref_layers, task.kind)
+            exits_differ += int(np.sum(ex_o != ex))
+            if task.kind == "classification":
+                labels_differ += int(np.sum(predictions_at_exit(ref_layers, ex_o, model.exits).argmax(1)
+                                            != predictions_at_exit(per_layer, ex, model.exits).argmax(1)))
+        parity = {"max_abs_diff_all_layers": diff, "exit_layers_differ": exits_differ, "labels_differ": labels_differ,
+                  "rows_x_policies": n * len(sweep_cfg)}
 
     # The runtime must take the decisions the offline simulation took.
     mismatches = 0
@@ -162,6 +190,19 @@ def run_benchmark(artifact: str, task_name: str, data_dir: str | None = None, ma
     result["sweep"] = sweep
     if sweep:
         result["spread"]["realization_min_over_sweep"] = _spread([min(r["spread"]["realization"]["median"] for r in sweep)])
+    if parity is not None:
+        om, of = mean("ort_monolithic"), mean("ort_full_chain")
+        ratio = lambda a, b: {"median": float(np.median([x / y for x, y in zip(a, b)])),  # noqa: E731
+                              **{k: v for k, v in _spread([x / y for x, y in zip(a, b)]).items() if k != "median"}}
+        result["backend"] = "native"
+        result["native_blas"] = model.backend.blas
+        result["vs_onnxruntime"] = {
+            "parity": parity, "ort_monolithic": percentiles(pooled["ort_monolithic"]),
+            "ort_full_chain": percentiles(pooled["ort_full_chain"]),
+            "native_full_chain_over_ort_full_chain": ratio(full, of),
+            "native_full_chain_over_ort_monolithic": ratio(full, om),
+            "native_no_exit_checks_over_ort_monolithic": ratio(mono, om),
+            "sweep_speedup_vs_ort_monolithic": [ratio(om, mean(f"sweep_{j}")) for j in range(len(sweep_cfg))]}
     result["eager"] = []  # filled by benchmarks.eager in a process of its own (see there)
     result["env"] = environment(threads)
     return result
@@ -219,6 +260,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--points", type=positive_int, default=6, help="thresholds per policy, spread over average exit layers")
     p.add_argument("--thresholds", type=finite_float, nargs="+", default=None,
                    help="explicit thresholds (instead of spread ones) for the policies given")
+    p.add_argument("--backend", default="cpu",
+                   help="cpu: onnxruntime; native: the C runtime (runtime/native), with onnxruntime's chain and "
+                        "monolithic graph timed beside it and its outputs compared; cuda/tensorrt: benchmarks.gpu")
     p.add_argument("--out", default="results/latency", help="output folder for the JSON and PNG results")
     return p.parse_args(argv)
 
@@ -227,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     backend = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--backend"),
                    next((a.split("=", 1)[1] for a in argv if a.startswith("--backend=")), "cpu"))
-    if backend != "cpu":
+    if backend not in ("cpu", "native"):
         # GPU: the CUDA-graph executor has its own benchmark (CUDA events, random-weight configs).
         from . import gpu
         return gpu.main(argv)
@@ -239,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         res = run_benchmark(args.artifact, args.task, args.data_dir, args.max_samples, args.repeats, args.threads,
                             args.policies, args.points,
                             {p: args.thresholds for p in (args.policies or SWEEP_POLICIES)} if args.thresholds else None,
-                            passes=args.passes)
+                            passes=args.passes, backend=backend)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -66,6 +66,7 @@ class ExportConfig:
     calibration_rows: int = 256  # static int8: training rows whose activations set the scales
     data_dir: str | None = None  # static int8: task data (default: the checkpoint's, else ../shared/data)
     int8_attention: str = "fused"  # static int8: "fused" (fp32 Attention op; measured faster and more accurate) or "int8" (Q/K/V quantized, unfused)
+    native: bool = True  # also write native_weights.bin for the C runtime (fp32 BERT models)
 
     def __post_init__(self):
         if self.head not in HEAD_LAYOUTS:
@@ -302,7 +303,9 @@ def build(cfg: ExportConfig) -> Path:
                           cfg.tolerance)
         for r in roles.values():
             r["sha256"] = sha256_file(tmp / r["file"])
-        tok_files = sorted(p.name for p in tmp.iterdir() if p.is_file() and p.suffix != ".onnx")
+        native_record, native_note = _write_native(model, tmp, n, exits, max_len, cfg)
+        tok_files = sorted(p.name for p in tmp.iterdir() if p.is_file() and p.suffix != ".onnx"
+                           and not p.name.startswith("native_"))  # the native runtime's files have their own record
         trt_record = None
         if cfg.tensorrt:
             from .tensorrt import ENGINE_DIR, build_engines, profile_for
@@ -349,7 +352,8 @@ def build(cfg: ExportConfig) -> Path:
                                      "(sigmoid it for lte); input pool_weights [B, 1, S] = mask / sum(mask) (mean "
                                      "pooling). head_layout 'signals': outputs logits, confidence, entropy, lte"},
             "graphs": roles,
-            "native": None,
+            "native": native_record,
+            **({"native_note": native_note} if native_note else {}),
             "default_policy": default,
             "validation": report,
             "source": {"checkpoint": str(ckpt.resolve())},
@@ -402,6 +406,31 @@ def _calibration_feeds(cfg: ExportConfig, train_cfg: dict, tokenizer, task, max_
     return out
 
 
+def _write_native(model: MultiExitModel, tmp: Path, n: int, exits: list[int], max_len: int,
+                  cfg: ExportConfig) -> tuple[dict | None, str | None]:
+    """The native C runtime's weights file (export/native.py), from the same PyTorch weights as the
+    graphs: (manifest record, None), or (None, why it was not written)."""
+    from .native import NATIVE_FILE, NativeUnsupported, native_tensors, write_weights
+    if not cfg.native:
+        return None, "not written (--no-native)"
+    if cfg.onnx_precision != "fp32":
+        return None, f"not written: the native runtime runs fp32 weights only (this export is {cfg.onnx_precision})"
+    try:
+        ncfg, tensors = native_tensors(model, n, exits)
+    except NativeUnsupported as e:
+        return None, f"not written: {e}"
+    write_weights(tmp / NATIVE_FILE, ncfg, tensors, exits, max_len)
+    rec = {"file": NATIVE_FILE, "sha256": sha256_file(tmp / NATIVE_FILE), "format": "berxit weights v1, fp32"}
+    from .native import write_tokenizer
+    try:  # the C WordPiece tokenizer's files (BERT tokenizers only; other hosts pass token ids)
+        files = write_tokenizer(tmp, (tmp / M.TOKENIZER_FILE).read_bytes())
+        rec["tokenizer"] = [{"file": str(f.relative_to(tmp)), "sha256": sha256_file(f)} for f in files]
+    except NativeUnsupported as e:
+        rec["tokenizer"] = None
+        rec["tokenizer_note"] = f"no C tokenizer: {e}"
+    return rec, None
+
+
 def _read_json(p: Path) -> dict:
     import json
     return json.loads(p.read_text()) if p.is_file() else {}
@@ -438,6 +467,8 @@ def parse_args(argv: list[str] | None = None) -> ExportConfig:
                    help="stage graphs' exit head: 'logits' (one Gemm giving logits and the LTE logit; the runtime "
                         "derives the signals: fewest graph ops) or 'signals' (every exit signal computed in the graph)")
     p.add_argument("--no-fuse", action="store_true", help="skip onnxruntime's transformer fusion")
+    p.add_argument("--no-native", action="store_true",
+                   help="skip native_weights.bin, the weights file of the C runtime (written for fp32 BERT models)")
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS) + ["fp16"],
                    help="int8: static quantization (activation scales calibrated on training rows, QDQ, weights "
                         "per-channel: answers do not depend on the batch); int8-dynamic: dynamic quantization "
@@ -461,7 +492,7 @@ def parse_args(argv: list[str] | None = None) -> ExportConfig:
         return ExportConfig(a.checkpoint, a.out, a.layers, not a.no_monolithic, not a.no_fuse, a.precision, a.atol,
                             a.tensorrt, a.trt_max_batch, a.trt_opt_batch, a.trt_opt_seq, a.exit_layers, a.head,
                             max_seq_len=a.max_seq_len, calibration_rows=a.calibration_rows, data_dir=a.data_dir,
-                            int8_attention=a.int8_attention)
+                            int8_attention=a.int8_attention, native=not a.no_native)
     except ExportError as e:
         p.error(str(e))
 

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from .backends import open_backend
-from .chain import Chain, ChainResult
+from .chain import NONFINITE, Chain, ChainResult
 from .fsutil import ArtifactError
 from .manifest import Manifest, load_manifest
 from .policies import ExitPolicy, LayerOutputs, PolicyError, make_policy
@@ -60,6 +60,14 @@ def _check_threads(threads: int | None) -> int | None:
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
     return threads
+
+
+def _chain_result(exit_layer: np.ndarray, logits: np.ndarray, signals: dict[str, np.ndarray],
+                  status: np.ndarray) -> ChainResult:
+    """A backend's own loop's outputs in the Chain's result type (status != 0: non-finite outputs)."""
+    err = [None if s == 0 else f"{NONFINITE} (NaN or infinity) at layer {int(x)}: the artifact is broken; re-export it"
+           for s, x in zip(status.tolist(), exit_layer.tolist())]
+    return ChainResult(exit_layer, logits, signals, err)
 
 
 class EarlyExitModel:
@@ -143,6 +151,9 @@ class EarlyExitModel:
     def run(self, enc: Encoded, policy: ExitPolicy | None = None) -> ChainResult:
         """One tokenized batch with early exit (rows leave the batch when `policy` says so)."""
         self._check_batch(enc)
+        fast = getattr(self.backend, "run_early_exit", None)
+        if fast is not None:  # the backend runs the whole loop itself (native: one C call)
+            return _chain_result(*fast(enc.input_ids, enc.token_type_ids, enc.attention_mask, policy or self._default))
         return self.chain.run(enc.input_ids, enc.token_type_ids, enc.attention_mask, policy or self._default)
 
     def layer_outputs(self, enc: Encoded) -> list[LayerOutputs]:
@@ -156,6 +167,9 @@ class EarlyExitModel:
         if not self.backend.has_monolithic:
             raise ArtifactError("this artifact has no monolithic graph (or it was not loaded); re-export without "
                                 "--no-monolithic, or open it with load_monolithic=True.")
+        fast = getattr(self.backend, "run_early_exit", None)
+        if fast is not None:  # native: the C loop without exit checks (every layer, the last head)
+            return LayerOutputs(fast(enc.input_ids, enc.token_type_ids, enc.attention_mask, None)[1])
         return self.chain.monolithic(enc.input_ids, enc.token_type_ids, enc.attention_mask)
 
     def predict(self, texts_a: Sequence[str], texts_b: Sequence[str] | None = None,

@@ -5,6 +5,7 @@ loop (runtime/chain.py) is the same for all of them.
     cuda          onnxruntime-gpu, CUDAExecutionProvider, hidden states kept on the device
     ort-tensorrt  onnxruntime-gpu with TensorrtExecutionProvider (needs TensorRT installed)
     tensorrt      the artifact's own TensorRT engines (export.build --tensorrt)
+    native        the C runtime (runtime/native/, libberxit) over the artifact's native_weights.bin
 
 Only `cpu` has been run and measured in this project (no machine it was built on has a GPU with
 TensorRT or onnxruntime-gpu); the others are selected and checked so that asking for them fails
@@ -33,12 +34,18 @@ def _tensorrt(manifest: Manifest, **_) -> Backend:
     return TrtBackend(manifest)
 
 
+def _native(manifest: Manifest, *, threads=None, **_) -> Backend:
+    from .native import NativeBackend
+    return NativeBackend(manifest, threads=threads)
+
+
 # name -> opener(manifest, **options). A new backend adds one line here and one module.
 REGISTRY: dict[str, Callable[..., Backend]] = {
     "cpu": _ort("cpu"),
     "cuda": _ort("cuda"),
     "ort-tensorrt": _ort("ort-tensorrt"),
     "tensorrt": _tensorrt,
+    "native": _native,
 }
 BACKENDS = tuple(REGISTRY)
 

@@ -1,0 +1,217 @@
+/* The forward pass on packed tokens: the live rows' real tokens only, one after another
+ * (row r's tokens are x[start[r] .. start[r] + len[r]), no padding anywhere). Padded positions
+ * never reach a real token's output in the exported graphs either (masked keys, pooling weights
+ * 0), so computing only real tokens gives the same values and drops the padding's cost.
+ *
+ *   embeddings   x = LN(word[id] + type[tt] + pos[p])                          [T, H]
+ *   layer        qkv = x Wqkv + b                                              [T, 3H]
+ *                ctx = softmax(q k^T / sqrt(d)) v, per row and head, over its tokens
+ *                x = LN(ctx Wo + b + x);  x = LN(gelu(x W1 + b1) W2 + b2 + x)   (erf GELU)
+ *   head         pooled = x[start] (cls) or sum x * (1 / len) (mean)           [rows, H]
+ *                head = pooled Wh + bh  -> logits [rows, C] (+ the LTE logit)   */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+static void *grow(void *p, size_t n, size_t elem, int *ok) {
+    if (!*ok) return p;
+    free(p);
+    if (n == 0) n = 1;
+    if (n > SIZE_MAX / elem) { *ok = 0; return NULL; }
+    size_t bytes = (n * elem + 63) / 64 * 64;
+    void *q = aligned_alloc(64, bytes);
+    if (!q) *ok = 0;
+    return q;
+}
+
+int bx_ws_reserve(berxit_workspace *ws, size_t rows, size_t seq) {
+    const bx_config *c = &ws->m->cfg;
+    size_t tokens = rows * seq; /* rows <= BERXIT_MAX_BATCH, seq <= max_seq_len: no overflow */
+    int ok = 1;
+    if (tokens > ws->cap_tokens) {
+        size_t H = (size_t)c->hidden, I = (size_t)c->intermediate;
+        if (tokens > SIZE_MAX / (4 * (I > 3 * H ? I : 3 * H))) return BERXIT_ERR_NOMEM;
+        ws->x = grow(ws->x, tokens * H, sizeof(float), &ok);
+        ws->qkv = grow(ws->qkv, tokens * 3 * H, sizeof(float), &ok);
+        ws->ctx = grow(ws->ctx, tokens * H, sizeof(float), &ok);
+        ws->tmp = grow(ws->tmp, tokens * H, sizeof(float), &ok);
+        ws->ffn = grow(ws->ffn, tokens * I, sizeof(float), &ok);
+        if (!ok) { ws->cap_tokens = 0; return BERXIT_ERR_NOMEM; }
+        ws->cap_tokens = tokens;
+    }
+    if (seq > ws->cap_seq) {
+        ws->scores = grow(ws->scores, seq, sizeof(float), &ok);
+        ws->kt = grow(ws->kt, seq * (size_t)(c->hidden / c->heads), sizeof(float), &ok);
+        if (!ok) { ws->cap_seq = 0; return BERXIT_ERR_NOMEM; }
+        ws->cap_seq = seq;
+    }
+    if (rows > ws->cap_rows) {
+        size_t W = (size_t)(c->num_outputs + c->has_lte);
+        ws->len = grow(ws->len, rows, sizeof(int32_t), &ok);
+        ws->start = grow(ws->start, rows, sizeof(int32_t), &ok);
+        ws->pooled = grow(ws->pooled, rows * (size_t)c->hidden, sizeof(float), &ok);
+        ws->head = grow(ws->head, rows * W, sizeof(float), &ok);
+        ws->orig = grow(ws->orig, rows, sizeof(int32_t), &ok);
+        ws->kidx = grow(ws->kidx, rows, sizeof(int32_t), &ok);
+        ws->prev_label = grow(ws->prev_label, rows, sizeof(int32_t), &ok);
+        ws->count = grow(ws->count, rows, sizeof(int32_t), &ok);
+        ws->prev_value = grow(ws->prev_value, rows, sizeof(float), &ok);
+        ws->done = grow(ws->done, rows, 1, &ok);
+        if (!ok) { ws->cap_rows = 0; return BERXIT_ERR_NOMEM; }
+        ws->cap_rows = rows;
+    }
+    return BERXIT_OK;
+}
+
+/* y = LN(x) * w + b over H values (two passes, double accumulators) */
+static void layer_norm(float *y, const float *x, const float *w, const float *b, int32_t H, float eps) {
+    double s = 0.0, v = 0.0;
+    for (int32_t j = 0; j < H; j++) s += x[j];
+    float mean = (float)(s / H);
+    for (int32_t j = 0; j < H; j++) { double d = (double)x[j] - mean; v += d * d; }
+    float inv = (float)(1.0 / sqrt(v / H + (double)eps));
+    for (int32_t j = 0; j < H; j++) y[j] = (x[j] - mean) * inv * w[j] + b[j];
+}
+
+void bx_embed(berxit_workspace *ws, const int64_t *ids, const int64_t *tt, const int64_t *mask, int32_t seq) {
+    const berxit_model *m = ws->m;
+    int32_t H = m->cfg.hidden, t = 0;
+    float *e = ws->tmp;
+    for (int32_t r = 0; r < ws->rows; r++) {
+        int32_t n = 0;
+        while (n < seq && mask[(size_t)r * seq + n]) n++;
+        ws->len[r] = n;
+        ws->start[r] = t;
+        for (int32_t p = 0; p < n; p++, t++) {
+            size_t q = (size_t)r * seq + p;
+            const float *wv = m->word + (size_t)ids[q] * H, *tv = m->type + (size_t)(tt ? tt[q] : 0) * H;
+            const float *pv = m->pos + (size_t)p * H;
+            for (int32_t j = 0; j < H; j++) e[j] = (wv[j] + tv[j]) + pv[j];
+            layer_norm(ws->x + (size_t)t * H, e, m->emb_ln_w, m->emb_ln_b, H, m->cfg.eps);
+        }
+    }
+    ws->tokens = t;
+}
+
+/* exp(x) for x <= 0, branch free (vectorizes): 2^n * p(r), |r| <= ln2 / 2, rel. error ~2e-7 */
+static inline float exp_neg(float x) {
+    float keep = x == x ? 1.0f : x; /* NaN in, NaN out (as the graphs give) */
+    x = x >= -87.0f ? (x <= 0.0f ? x : 0.0f) : -87.0f; /* NaN and -inf -> -87: a defined int conversion */
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest, no libm call */
+    float r = x - n * 0.693145751953125f - n * 1.428606765330187e-06f;
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (0.16666666f + r * (0.041666418f + r * (0.0083333949f
+              + r * 0.0013888889f)))));
+    int32_t e = ((int32_t)n + 127) << 23;
+    float s;
+    memcpy(&s, &e, 4);
+    return p * s * keep;
+}
+
+/* softmax(q k^T / sqrt(d)) v per row and head. K of the head is first copied transposed
+ * ([d, n], into `kt`), so the scores of one query are n independent accumulators over
+ * contiguous memory (vectorizable without reassociating float sums), as is the context. */
+static void attention(berxit_workspace *ws) {
+    const bx_config *c = &ws->m->cfg;
+    int32_t H = c->hidden, nh = c->heads, d = H / nh;
+    float scale = 1.0f / sqrtf((float)d), *sc = ws->scores, *kt = ws->kt;
+    for (int32_t r = 0; r < ws->rows; r++) {
+        int32_t n = ws->len[r];
+        const float *base = ws->qkv + (size_t)ws->start[r] * 3 * H;
+        for (int32_t h = 0; h < nh; h++) {
+            for (int32_t j = 0; j < n; j++) {
+                const float *k = base + (size_t)j * 3 * H + H + h * d;
+                for (int32_t u = 0; u < d; u++) kt[(size_t)u * n + j] = k[u];
+            }
+            for (int32_t i = 0; i < n; i++) {
+                const float *q = base + (size_t)i * 3 * H + h * d;
+                for (int32_t j = 0; j < n; j++) sc[j] = 0.0f;
+                for (int32_t u = 0; u < d; u++) {
+                    float qu = q[u];
+                    const float *ku = kt + (size_t)u * n;
+                    for (int32_t j = 0; j < n; j++) sc[j] += qu * ku[j];
+                }
+                float mx = -INFINITY;
+                for (int32_t j = 0; j < n; j++) { sc[j] *= scale; mx = sc[j] > mx ? sc[j] : mx; }
+                float sum = 0.0f;
+                for (int32_t j = 0; j < n; j++) sc[j] = exp_neg(sc[j] - mx);
+                for (int32_t j = 0; j < n; j++) sum += sc[j];
+                float inv = 1.0f / sum, *o = ws->ctx + (size_t)(ws->start[r] + i) * H + h * d;
+                for (int32_t u = 0; u < d; u++) o[u] = 0.0f;
+                for (int32_t j = 0; j < n; j++) {
+                    const float *v = base + (size_t)j * 3 * H + 2 * H + h * d;
+                    float p = sc[j] * inv;
+                    for (int32_t u = 0; u < d; u++) o[u] += p * v[u];
+                }
+            }
+        }
+    }
+}
+
+/* GELU with erf (not the tanh form): erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7, as
+ * onnxruntime's own vectorized erf is an approximation at float precision too) */
+static void gelu(float *v, size_t n) {
+    for (size_t k = 0; k < n; k++) {
+        float x = v[k], z = x * 0.70710678118654752f, a = z < 0.0f ? -z : z;
+        float t = 1.0f / (1.0f + 0.3275911f * a);
+        float y = 1.0f - t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f
+                  + t * 1.061405429f)))) * exp_neg(-a * a);
+        v[k] = 0.5f * x * (1.0f + (z < 0.0f ? -y : y));
+    }
+}
+
+void bx_layer_forward(berxit_workspace *ws, int32_t i) {
+    const berxit_model *m = ws->m;
+    const bx_layer *L = &m->layer[i];
+    int32_t H = m->cfg.hidden, I = m->cfg.intermediate, T = ws->tokens;
+    float eps = m->cfg.eps;
+    bx_linear_forward(ws, &L->qkv, ws->x, T, ws->qkv);
+    attention(ws);
+    bx_linear_forward(ws, &L->attn_out, ws->ctx, T, ws->tmp);
+    for (size_t t = 0; t < (size_t)T; t++) {
+        float *a = ws->tmp + t * H, *x = ws->x + t * H;
+        for (int32_t j = 0; j < H; j++) a[j] += x[j];
+        layer_norm(x, a, L->ln1_w, L->ln1_b, H, eps);
+    }
+    bx_linear_forward(ws, &L->ffn_in, ws->x, T, ws->ffn);
+    gelu(ws->ffn, (size_t)T * I);
+    bx_linear_forward(ws, &L->ffn_out, ws->ffn, T, ws->tmp);
+    for (size_t t = 0; t < (size_t)T; t++) {
+        float *a = ws->tmp + t * H, *x = ws->x + t * H;
+        for (int32_t j = 0; j < H; j++) a[j] += x[j];
+        layer_norm(x, a, L->ln2_w, L->ln2_b, H, eps);
+    }
+}
+
+void bx_head_forward(berxit_workspace *ws, int32_t exit_index, float *out) {
+    const berxit_model *m = ws->m;
+    int32_t H = m->cfg.hidden;
+    for (int32_t r = 0; r < ws->rows; r++) {
+        float *p = ws->pooled + (size_t)r * H;
+        const float *x = ws->x + (size_t)ws->start[r] * H;
+        if (m->cfg.pooling == BERXIT_POOL_CLS) {
+            memcpy(p, x, sizeof(float) * (size_t)H);
+        } else {
+            float w = 1.0f / (float)ws->len[r]; /* the host's pool_weights: mask / sum(mask) */
+            for (int32_t j = 0; j < H; j++) p[j] = 0.0f;
+            for (int32_t t = 0; t < ws->len[r]; t++)
+                for (int32_t j = 0; j < H; j++) p[j] += w * x[(size_t)t * H + j];
+        }
+    }
+    bx_linear_forward(ws, &m->head[exit_index], ws->pooled, ws->rows, out);
+}
+
+/* only live rows `rows` (increasing) go on: their token blocks move forward in place */
+void bx_keep_rows(berxit_workspace *ws, const int32_t *rows, int32_t n) {
+    int32_t H = ws->m->cfg.hidden, t = 0;
+    for (int32_t k = 0; k < n; k++) {
+        int32_t r = rows[k], len = ws->len[r], src = ws->start[r];
+        if (src != t) memmove(ws->x + (size_t)t * H, ws->x + (size_t)src * H, sizeof(float) * (size_t)len * H);
+        ws->len[k] = len;
+        ws->start[k] = t;
+        t += len;
+    }
+    ws->rows = n;
+    ws->tokens = t;
+}

@@ -1,0 +1,123 @@
+/* Matrix products y[M, N] = x[M, K] W[K, N] + b, chosen at build time:
+ *   -DBERXIT_OPENBLAS  cblas_sgemm of OpenBLAS (scipy-openblas32's `scipy_` prefixed symbols
+ *                      with -DBERXIT_BLAS_PREFIX=scipy_; its own threads)
+ *   default            a portable, cache-blocked sgemm: W packed once at open into panels of
+ *                      NR columns (each k row of a panel contiguous), an MR x NR register
+ *                      kernel over K blocks of 256 (one thread; GCC/Clang vector extensions,
+ *                      which lower to SSE, AVX, AVX-512 or NEON as the target allows). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#ifdef BERXIT_OPENBLAS
+#include <cblas.h>
+#ifndef BERXIT_BLAS_PREFIX
+#define BERXIT_BLAS_PREFIX
+#endif
+#define BX_CAT2(a, b) a##b
+#define BX_CAT(a, b) BX_CAT2(a, b)
+#define BX_SGEMM BX_CAT(BERXIT_BLAS_PREFIX, cblas_sgemm)
+
+const char *bx_blas_name(void) { return "openblas"; }
+int bx_pack(bx_linear *l) { (void)l; return BERXIT_OK; }
+size_t bx_panels(const bx_linear *l) { (void)l; return 1; } /* OpenBLAS runs its own threads */
+
+void bx_linear_panels(const bx_linear *l, const float *x, int32_t rows, float *y, size_t p0, size_t p1) {
+    if (p0 >= p1) return;
+    for (int32_t i = 0; i < rows; i++) memcpy(y + (size_t)i * l->out, l->b, sizeof(float) * (size_t)l->out);
+    BX_SGEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, l->out, l->in, 1.0f, x, l->in, l->w, l->out, 1.0f, y,
+             l->out);
+}
+#else
+
+/* Register tile MR x NR: two vectors of VW floats per row. AVX-512: 8 x 32 (16 zmm accumulators);
+ * otherwise 6 x 16 (12 ymm accumulators, or pairs of xmm on SSE / NEON). */
+#if defined(__AVX512F__)
+#define VW 16
+#define MR 8
+#else
+#define VW 8
+#define MR 6
+#endif
+#define NR (2 * VW)
+#define KC 256
+
+typedef float v8 __attribute__((vector_size(VW * 4)));
+typedef float v8u __attribute__((vector_size(VW * 4), aligned(4), may_alias)); /* unaligned loads / stores */
+#define ld(p) (*(const v8u *)(p))
+#define st(p, v) (*(v8u *)(p) = (v))
+
+const char *bx_blas_name(void) { return "builtin"; }
+
+int bx_pack(bx_linear *l) {
+    size_t K = (size_t)l->in, N = (size_t)l->out, panels = (N + NR - 1) / NR;
+    l->packed = aligned_alloc(64, panels * K * NR * sizeof(float));
+    if (!l->packed) return BERXIT_ERR_NOMEM;
+    for (size_t p = 0; p < panels; p++) {
+        float *dst = l->packed + p * K * NR;
+        for (size_t k = 0; k < K; k++)
+            for (size_t j = 0; j < NR; j++) {
+                size_t col = p * NR + j;
+                dst[k * NR + j] = col < N ? l->w[k * N + col] : 0.0f;
+            }
+    }
+    return BERXIT_OK;
+}
+
+/* rows i0..i0+mr-1 (mr <= 4) of y, columns of panel p, k in [k0, k1) */
+static void kernel(const float *x, size_t K, const float *bp, size_t k0, size_t k1, float *acc_rows[MR], int mr,
+                   const float *start[MR]) {
+    v8 c[MR][2];
+    for (int r = 0; r < MR; r++) {
+        const float *s = start[r < mr ? r : 0];
+        c[r][0] = ld(s);
+        c[r][1] = ld(s + VW);
+    }
+    const float *a[MR];
+    for (int r = 0; r < MR; r++) a[r] = x + (size_t)(r < mr ? r : 0) * K;
+    for (size_t k = k0; k < k1; k++) {
+        v8 b0 = ld(bp + k * NR), b1 = ld(bp + k * NR + VW);
+        for (int r = 0; r < MR; r++) {
+            v8 av = (v8){0} + a[r][k];
+            c[r][0] += av * b0;
+            c[r][1] += av * b1;
+        }
+    }
+    for (int r = 0; r < mr; r++) {
+        st(acc_rows[r], c[r][0]);
+        st(acc_rows[r] + VW, c[r][1]);
+    }
+}
+
+size_t bx_panels(const bx_linear *l) { return ((size_t)l->out + NR - 1) / NR; }
+
+/* columns of panels [p0, p1) of y = x W + b */
+void bx_linear_panels(const bx_linear *l, const float *x, int32_t rows, float *y, size_t p0, size_t p1) {
+    size_t K = (size_t)l->in, N = (size_t)l->out;
+    float bias_pad[NR], buf[MR][NR];
+    for (size_t k0 = 0; k0 < K; k0 += KC) {
+        size_t k1 = k0 + KC < K ? k0 + KC : K;
+        for (size_t p = p0; p < p1; p++) {
+            const float *bp = l->packed + p * K * NR;
+            size_t n0 = p * NR, nn = N - n0 < NR ? N - n0 : NR;
+            for (size_t j = 0; j < NR; j++) bias_pad[j] = j < nn ? l->b[n0 + j] : 0.0f;
+            for (int32_t i = 0; i < rows; i += MR) {
+                int mr = rows - i < MR ? rows - i : MR;
+                float *out[MR];
+                const float *start[MR];
+                for (int r = 0; r < MR; r++) {
+                    float *yr = y + (size_t)(i + (r < mr ? r : 0)) * N + n0;
+                    if (k0 > 0 && nn == NR) start[r] = yr;
+                    else if (k0 > 0) { memcpy(buf[r], yr, nn * sizeof(float)); start[r] = buf[r]; }
+                    else start[r] = bias_pad;
+                    out[r] = nn == NR ? yr : buf[r];
+                }
+                kernel(x + (size_t)i * K, K, bp, k0, k1, out, mr, start);
+                if (nn < NR)
+                    for (int r = 0; r < mr; r++) memcpy(y + (size_t)(i + r) * N + n0, buf[r], nn * sizeof(float));
+            }
+        }
+    }
+}
+#endif
