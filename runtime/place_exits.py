@@ -98,32 +98,25 @@ def choose(per_layer: list[LayerOutputs], gold: np.ndarray, costs: Costs, *, pol
 
 
 def measure_costs(model, encs: list, repeats: int = 3) -> Costs:
-    """e0, c_l and h from the runtime itself, batch 1, interleaved over `encs`: the embeddings
-    alone (a = e0), forced exits at every layer (T(k) = e0 + sum_{l<=k} (c_l + h)) and the
-    monolithic graph (T_mono = e0 + sum_l c_l), so h = (T(L) - T_mono) / L and c_l = T(l) - T(l-1) - h.
-    Needs every layer to be an exit and a monolithic graph."""
+    """e0, c and h from the runtime itself, batch 1, interleaved over `encs`: forced exits at every
+    layer, T(k) = e0 + k (c + h), fitted by least squares (the encoder's layers have one shape, so
+    one cost per layer; differences of neighbouring means would carry their noise twice), and the
+    monolithic graph, T_mono = e0 + L c, so h = (T(L) - T_mono) / L. e0 holds the embeddings and
+    every fixed cost of a run. Needs every layer to be an exit and a monolithic graph."""
     L = model.num_layers
     if model.exits != tuple(range(1, L + 1)) or not model.backend.has_monolithic:
         raise PolicyError("exit placement measures an artifact with an exit at every layer and a monolithic graph; "
                           "export one without --exit-layers and without --no-monolithic.")
-    ch = model.chain
-
-    def embed(i):
-        e = encs[i]
-        ch.abandon(ch.start(e.input_ids, e.token_type_ids, e.attention_mask, model.policy("fixed", exit_layer=L)))
-
-    fns = {"embed": embed, "mono": lambda i: model.run_monolithic(encs[i])}
+    fns = {"mono": lambda i: model.run_monolithic(encs[i])}
     for k in range(1, L + 1):
         fns[f"exit_{k}"] = (lambda p: lambda i: model.run(encs[i], p))(model.policy("fixed", exit_layer=k))
     t = _time(fns, len(encs), repeats)
-    e0 = t["embed"]
-    h = max(0.0, (t[f"exit_{L}"] - t["mono"]) / L)
-    prev = e0
-    layers = []
-    for k in range(1, L + 1):
-        layers.append(max(0.0, t[f"exit_{k}"] - prev - h))
-        prev = t[f"exit_{k}"]
-    return Costs(e0, tuple(layers), h)
+    ks = np.arange(1, L + 1, dtype=np.float64)
+    slope, e0 = np.polyfit(ks, [t[f"exit_{k}"] for k in range(1, L + 1)], 1) if L > 1 else (t["exit_1"], 0.0)
+    e0 = max(0.0, float(e0))
+    h = max(0.0, (e0 + L * float(slope) - t["mono"]) / L)
+    c = max(0.0, float(slope) - h)
+    return Costs(e0, (c,) * L, h)
 
 
 def _time(fns: dict, n: int, repeats: int) -> dict[str, float]:
@@ -155,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policy", default=None, choices=["confidence", "entropy", "lte"],
                    help="exit signal (default: confidence for classification, lte for regression)")
     p.add_argument("--max-samples", type=positive_int, default=None, help="first N dev rows only")
-    p.add_argument("--timing-samples", type=positive_int, default=100, help="dev rows timed for the cost model")
+    p.add_argument("--timing-samples", type=positive_int, default=300, help="dev rows timed for the cost model")
     p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: all cores)")
     p.add_argument("--top", type=positive_int, default=5, help="exit sets to print")
     p.add_argument("--json", default=None, help="also write the result to this file")
@@ -191,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     if not ranked:
         return fail(f"no exit set reaches relative score {a.target_relative_score} on dev; lower the target.")
     every = next((r for r in ranked if r.exits == tuple(range(1, m.num_layers + 1))), None)
-    print(f"cost model (ms, batch 1): embeddings {costs.embeddings_ms:.3f}, layers "
-          f"{' '.join(f'{c:.3f}' for c in costs.layer_ms)}, per exit {costs.exit_ms:.3f}")
+    print(f"cost model (ms, batch 1): fixed per run (embeddings included) {costs.embeddings_ms:.3f}, per layer "
+          f"{costs.layer_ms[0]:.3f}, per exit passed {costs.exit_ms:.3f}")
     for r in ranked[:a.top]:
         print(f"exits {','.join(map(str, r.exits)):<14} {policy} {r.threshold:.4f}  relative {r.relative_score:.4f}  "
               f"avg exit {r.avg_exit_layer:.2f}  predicted {r.predicted_ms:.3f} ms")
