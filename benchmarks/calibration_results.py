@@ -44,7 +44,7 @@ def run(art_root: Path, data_dir: str | None, targets, splits: int, resamples: i
     same = previous is not None and all(previous.get(k) == out[k] for k in ("splits", "resamples", "delta"))
     for name in ARTIFACTS:
         art = art_root / name
-        if same and name in previous["artifacts"]:
+        if same and name in (previous.get("artifacts") or {}):
             out["artifacts"][name] = previous["artifacts"][name]  # --reuse: evaluated before with these settings
             continue
         if not (art / "manifest.json").is_file():
