@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .backends.base import Backend, HiddenState, Workspace
-from .policies import POLICIES, ExitPolicy, LayerOutputs, PolicyState, decide, derive_signal
+from .policies import POLICIES, ExitPolicy, LayerOutputs, PolicyState, decide, derive_signal, derive_signals
 
 NONFINITE = "non-finite output"
 _SENSE = {"confidence": 1, "lte": 1, "entropy": -1, "fixed": 0}  # batch-1 fast path: exit if signal >= / <= T
@@ -344,7 +344,7 @@ class Chain:
     def _all_signals(self, sig: dict[str, np.ndarray], logits: np.ndarray,
                      lte_logit: np.ndarray | None) -> dict[str, np.ndarray]:
         """Every signal of the model for these rows (copies): given ones, the others derived."""
-        return {m: sig[m].copy() if m in sig else derive_signal(m, logits, lte_logit) for m in self.signals}
+        return derive_signals(self.signals, logits, lte_logit, sig)
 
     def merge(self, cohorts: list[Cohort]) -> Cohort:
         """One cohort of the rows of several that have run the same stages under the same policy
@@ -406,12 +406,22 @@ def _trim(ids: np.ndarray, tt: np.ndarray, mask: np.ndarray):
                          f"got {ids.shape}, {tt.shape}, {mask.shape}")
     if ids.shape[0] == 0:
         raise ValueError("an empty batch")
+    if ids.shape[0] == 1 and _plain(ids) and _plain(tt) and _plain(mask):  # batch 1: no copies when nothing is cut
+        n = int(mask.sum())
+        if n < 1:
+            raise ValueError("every row needs at least one token")
+        if n == ids.shape[1]:
+            return ids, tt, mask, np.full(1, n, np.int64)
     lengths = mask.sum(axis=1).astype(np.int64)
     if (lengths < 1).any():
         raise ValueError("every row needs at least one token")
     s = int(lengths.max())
     c = lambda a: np.ascontiguousarray(a[:, :s], dtype=np.int64)  # noqa: E731
     return c(ids), c(tt), c(mask), lengths
+
+
+def _plain(a: np.ndarray) -> bool:
+    return a.dtype == np.int64 and a.flags.c_contiguous
 
 
 def _pad(a: np.ndarray, s: int) -> np.ndarray:
