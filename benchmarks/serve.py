@@ -1,4 +1,4 @@
-"""`python -m benchmarks.serve --artifact ART --out results/serve [--rates 50 100 ...] [--seconds 10]`
+"""`python -m benchmarks.serve --artifact ART --out results/serve [--rates 50 100 ...] [--search-steps 3 --passes 3]`
 
 Open-loop load (Poisson arrivals, one SST-2 dev sentence per request, loopback only, bounded in
 time) at rising offered load against servers started here as subprocesses:
@@ -8,23 +8,27 @@ time) at rising offered load against servers started here as subprocesses:
     ee-none       early exit, one request at a time
     mono-request  --mode monolithic: the artifact's single graph, dynamic batching (the baseline)
     *-nospin      the same with --thread-pool per-session (onnxruntime threads do not spin)
+    *-1t          the same with --threads 1 (one intra-op thread: the model on one core)
     ray-1, ray-2  python -m runtime.serve_ray with 1 / 2 replicas (one intra-op thread each),
                   against plain-1t: the plain server with one intra-op thread
 All servers run at once and each load step is split into segments interleaved across them (the
-same arrival times for each), so a busy machine's drift touches them alike. Latency is
-measured from each request's scheduled send time (no coordinated omission). Per load:
-throughput (answers/s), p50/p99, errors, exit-layer mix, and the CPU the generator itself used
-(it shares the machine's cores: --pin puts the server on core 0 and the generator on core 1).
-Writes serve.json and p99_vs_throughput.png; `max_rps_at_p99` gives, per server, the highest
-measured throughput whose p99 stayed within --p99-target-ms.
+same arrival times for each), so a busy machine's drift touches them alike. The load comes from
+benchmarks/loadgen.py (request bytes built once, one timer per arrival, keep-alive connections,
+no JSON decoding of answers; latency from each request's scheduled send time, so no
+coordinated omission); it shares the machine's cores, so its own CPU per request is reported
+(--pin puts the server on core 0 and the generator on core 1).
+Per load step: throughput (answers/s), p50/p99, errors, exit-layer mix, server and generator CPU
+per request. Per pass: a ramp over --rates, then --search-steps bisection steps per server
+between the highest ramp rate whose p99 met --p99-target-ms and the lowest above it that did
+not. `max_rps_at_p99`: per pass, the highest measured throughput of a step that met the target
+(>= 99% answered); median [min, max] over --passes, and early exit over the monolithic server
+with the same threading per pass. Writes NAME.json and NAME_p99_vs_throughput.png.
 """
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import random
 import re
 import signal
 import subprocess
@@ -35,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import loadgen
 from .timing import environment, save_figure, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +50,8 @@ SERVERS = {
     "mono-request": ["-m", "runtime.serve", "--mode", "monolithic", "--batching", "request"],
     "mono-none": ["-m", "runtime.serve", "--mode", "monolithic", "--batching", "none"],
     "plain-1t": ["-m", "runtime.serve", "--batching", "layer", "--threads", "1"],
+    "ee-layer-1t": ["-m", "runtime.serve", "--batching", "layer", "--threads", "1"],
+    "mono-request-1t": ["-m", "runtime.serve", "--mode", "monolithic", "--batching", "request", "--threads", "1"],
     "ee-layer-nospin": ["-m", "runtime.serve", "--batching", "layer", "--thread-pool", "per-session"],
     "mono-request-nospin": ["-m", "runtime.serve", "--mode", "monolithic", "--batching", "request",
                             "--thread-pool", "per-session"],
@@ -56,8 +63,8 @@ SERVERS = {
 class ServerProc:
     """A server subprocess on a free loopback port; ready once /readyz answers 200."""
 
-    def __init__(self, name: str, artifact: str, pin: bool, timeout: float = 180.0):
-        args = SERVERS[name] + ["--artifact", artifact]
+    def __init__(self, name: str, artifact: str, pin: bool, timeout: float = 180.0, extra: list[str] | None = None):
+        args = SERVERS[name] + ["--artifact", artifact] + (list(extra or []) if not name.startswith("ray") else [])
         if name.startswith("ray"):
             port = _free_port()
             args += ["--port", str(port)]
@@ -131,62 +138,6 @@ def _get(port: int, path: str) -> int | None:
         return None
 
 
-async def _request(port: int, pool: list, body: bytes, timeout: float) -> tuple[int, bytes]:
-    """One HTTP/1.1 POST over a kept-alive connection from `pool` (or a new one)."""
-    reader, writer = pool.pop() if pool else await asyncio.open_connection("127.0.0.1", port)
-    head = (f"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
-    try:
-        writer.write(head + body)
-        hdr = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
-        status = int(hdr.split(b" ", 2)[1])
-        n = int(re.search(rb"(?i)content-length: *(\d+)", hdr).group(1))
-        data = await asyncio.wait_for(reader.readexactly(n), timeout)
-    except BaseException:
-        writer.close()
-        raise
-    pool.append((reader, writer))
-    return status, data
-
-
-async def _load(port: int, texts: list[str], rate: float, seconds: float, seed: int, timeout: float = 10.0) -> dict:
-    rng = random.Random(seed)
-    pool: list = []
-    lat, statuses, layers = [], {}, {}
-    t0 = time.perf_counter()
-    tasks = []
-
-    async def one(t_sched: float, text: str):
-        body = json.dumps({"texts": [text]}).encode()
-        try:
-            status, data = await _request(port, pool, body, timeout)
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
-            status, data = -1, b""
-        done = time.perf_counter()
-        statuses[status] = statuses.get(status, 0) + 1
-        if status == 200:
-            lat.append((done - t_sched) * 1e3)
-            layer = json.loads(data)["results"][0]["exit_layer"]
-            layers[layer] = layers.get(layer, 0) + 1
-
-    t = 0.0
-    cpu0 = time.process_time()
-    while True:
-        t += rng.expovariate(rate)
-        if t > seconds:
-            break
-        delay = t0 + t - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(one(t0 + t, rng.choice(texts))))
-    await asyncio.wait(tasks, timeout=timeout + 5) if tasks else None
-    wall = time.perf_counter() - t0
-    for w in pool:
-        w[1].close()
-    return {"lat": lat, "statuses": statuses, "layers": layers, "sent": len(tasks), "wall": wall,
-            "gen_cpu": time.process_time() - cpu0}
-
-
 def _summary(rate: float, raws: list[dict]) -> dict:
     """One load step over all its segments (rounds)."""
     lat = [x for r in raws for x in r["lat"]]
@@ -210,38 +161,86 @@ def _summary(rate: float, raws: list[dict]) -> dict:
             "generator_cpu_ms_per_request": round(sum(r["gen_cpu"] for r in raws) / max(n_ok, 1) * 1e3, 3)}
 
 
+def _passes(row: dict, target_ms: float) -> bool:
+    """A load step the server sustained: p99 within the target and >= 99% answered with 200."""
+    return row["latency_ms_p99"] <= target_ms and row["statuses"].get("200", 0) >= 0.99 * row["sent"]
+
+
+def _step(servers: dict, rates: dict[str, float], requests: list[bytes], seconds: float, rounds: int,
+          seed: int) -> dict[str, dict]:
+    """One load step: `rounds` segments per server, interleaved (A, B, ..., A, B, ...), each
+    segment with the same arrival times (seed) scaled to that server's rate."""
+    raws: dict[str, list[dict]] = {n: [] for n in rates}
+    cpu = {n: 0.0 for n in rates}
+    for r in range(rounds):
+        for n, rate in rates.items():
+            c0 = servers[n].cpu_seconds()
+            raws[n].append(loadgen.run(loadgen.load(servers[n].port, requests, rate, seconds, seed=seed + r)))
+            cpu[n] += servers[n].cpu_seconds() - c0
+    out = {}
+    for n, rate in rates.items():
+        row = _summary(rate, raws[n])
+        row["server_cpu_s"] = round(cpu[n], 3)
+        row["server_cpu_ms_per_request"] = round(cpu[n] / max(row["statuses"].get("200", 0), 1) * 1e3, 3)
+        out[n] = row
+    return out
+
+
+def _show(n: str, row: dict) -> None:
+    print(f"{n:20s} offered {row['offered_rps']:6.1f}/s -> {row['throughput_rps']:7.1f}/s  p50 {row['latency_ms_p50']:7.1f} "
+          f"ms  p99 {row['latency_ms_p99']:8.1f} ms  {row['statuses']}  server cpu {row['server_cpu_ms_per_request']:.2f} "
+          f"ms/req  generator {row['generator_cpu_ms_per_request']:.2f} ms/req  [{row['phase']} pass {row['pass']}]",
+          flush=True)
+
+
 def bench(names: list[str], artifact: str, texts: list[str], rates: list[float], seconds: float, rounds: int,
-          pin: bool, stop_p99_ms: float) -> list[dict]:
+          pin: bool, stop_p99_ms: float, target_ms: float = 50.0, search_steps: int = 0, passes: int = 1,
+          server_args: list[str] | None = None) -> list[dict]:
     """All servers up at once; every load step runs `rounds` segments per server, interleaved
     (server A, B, ..., A, B, ...) with the same arrival times, so drift on a shared machine
-    touches them alike. A server leaves the ramp once saturated."""
+    touches them alike. Per pass: a ramp over `rates` (a server leaves it once saturated), then
+    `search_steps` bisection steps per server between the highest ramp rate that met the p99
+    target and the lowest above it that did not (all servers' steps interleaved as well).
+    Each returned row carries its pass and phase ("ramp" or "search")."""
     servers = {}
+    requests = loadgen.request_bytes(texts)
     try:
         for n in names:
-            servers[n] = ServerProc(n, artifact, pin)
-            asyncio.run(_load(servers[n].port, texts, min(rates), 2.0, seed=99))  # warm-up
+            servers[n] = ServerProc(n, artifact, pin, extra=server_args)
+            loadgen.run(loadgen.load(servers[n].port, requests, min(rates), 2.0, seed=99))  # warm-up
         rows: dict[str, list[dict]] = {n: [] for n in names}
-        active = list(names)
-        for i, rate in enumerate(rates):
-            raws: dict[str, list[dict]] = {n: [] for n in active}
-            cpu: dict[str, float] = {n: 0.0 for n in active}
-            for r in range(rounds):
-                for n in active:
-                    c0 = servers[n].cpu_seconds()
-                    raws[n].append(asyncio.run(_load(servers[n].port, texts, rate, seconds, seed=1000 * i + r)))
-                    cpu[n] += servers[n].cpu_seconds() - c0
-            for n in list(active):
-                row = _summary(rate, raws[n])
-                row["server_cpu_s"] = round(cpu[n], 3)
-                row["server_cpu_ms_per_request"] = round(cpu[n] / max(row["statuses"].get("200", 0), 1) * 1e3, 3)
-                rows[n].append(row)
-                print(f"{n:20s} offered {rate:6.0f}/s -> {row['throughput_rps']:7.1f}/s  p50 {row['latency_ms_p50']:7.1f} "
-                      f"ms  p99 {row['latency_ms_p99']:8.1f} ms  {row['statuses']}  server cpu "
-                      f"{row['server_cpu_ms_per_request']:.1f} ms/req", flush=True)
-                if row["latency_ms_p99"] > stop_p99_ms or row["statuses"].get("200", 0) < 0.9 * row["sent"]:
-                    active.remove(n)  # saturated: higher loads only queue
-            if not active:
-                break
+        step = 0
+        for p in range(passes):
+            active = list(names)
+            ramp: dict[str, list[dict]] = {n: [] for n in names}
+            for rate in rates:
+                step += 1
+                for n, row in _step(servers, {n: rate for n in active}, requests, seconds, rounds, 1000 * step).items():
+                    row.update({"pass": p + 1, "phase": "ramp"})
+                    rows[n].append(row)
+                    ramp[n].append(row)
+                    _show(n, row)
+                    if row["latency_ms_p99"] > stop_p99_ms or row["statuses"].get("200", 0) < 0.9 * row["sent"]:
+                        active.remove(n)  # saturated: higher loads only queue
+                if not active:
+                    break
+            bracket = {}
+            for n in names:
+                ok = [r["offered_rps"] for r in ramp[n] if _passes(r, target_ms)]
+                lo = max(ok) if ok else 0.0
+                above = [r["offered_rps"] for r in ramp[n] if r["offered_rps"] > lo and not _passes(r, target_ms)]
+                if above:
+                    bracket[n] = [lo, min(above)]
+            for _ in range(search_steps):
+                if not bracket:
+                    break
+                step += 1
+                mids = {n: round((lo + hi) / 2, 1) for n, (lo, hi) in bracket.items()}
+                for n, row in _step(servers, mids, requests, seconds, rounds, 1000 * step).items():
+                    row.update({"pass": p + 1, "phase": "search"})
+                    rows[n].append(row)
+                    _show(n, row)
+                    bracket[n][0 if _passes(row, target_ms) else 1] = mids[n]
         return [{"server": n, "loads": rows[n]} for n in names]
     finally:
         for srv in servers.values():
@@ -249,7 +248,8 @@ def bench(names: list[str], artifact: str, texts: list[str], rates: list[float],
 
 
 def max_rps_at_p99(rows: list[dict], target_ms: float) -> float:
-    ok = [r["throughput_rps"] for r in rows if r["latency_ms_p99"] <= target_ms and r["statuses"].get("200", 0) >= 0.99 * r["sent"]]
+    """The highest measured throughput among the load steps that met the p99 target."""
+    ok = [r["throughput_rps"] for r in rows if _passes(r, target_ms)]
     return max(ok) if ok else 0.0
 
 
@@ -258,10 +258,14 @@ def plot(results: list[dict], target_ms: float, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in results:
-        xs = [x["throughput_rps"] for x in r["loads"]]
-        ys = [x["latency_ms_p99"] for x in r["loads"]]
-        ax.plot(xs, ys, marker="o", label=r["server"])
+    for i, r in enumerate(results):
+        color = f"C{i}"
+        npass = max((x.get("pass", 1) for x in r["loads"]), default=1)
+        for p in range(1, npass + 1):  # one line per pass, its steps in order of offered load
+            pts = sorted((x["offered_rps"], x["throughput_rps"], x["latency_ms_p99"]) for x in r["loads"]
+                         if x.get("pass", 1) == p)
+            ax.plot([q[1] for q in pts], [q[2] for q in pts], marker="o", ms=3, color=color, alpha=0.8,
+                    label=r["server"] if p == 1 else None)
     ax.axhline(target_ms, color="grey", ls="--", lw=1, label=f"p99 = {target_ms:.0f} ms")
     ax.set_yscale("log")
     ax.set_xlabel("throughput (requests/s, 1 sentence each)")
@@ -270,44 +274,81 @@ def plot(results: list[dict], target_ms: float, path: Path) -> None:
     save_figure(fig, ax, path)
 
 
+def _spread(xs: list[float]) -> dict:
+    return {"median": round(float(np.median(xs)), 3), "min": round(min(xs), 3), "max": round(max(xs), 3)}
+
+
+def summarize(results: list[dict], target_ms: float) -> dict:
+    """Per server and pass: the highest throughput that met the p99 target; early exit over the
+    monolithic server (same thread pool) per pass, as median [min, max] over the passes."""
+    npass = max((r.get("pass", 1) for x in results for r in x["loads"]), default=1)
+    per_pass = {x["server"]: [max_rps_at_p99([r for r in x["loads"] if r.get("pass", 1) == p], target_ms)
+                              for p in range(1, npass + 1)] for x in results}
+    out = {"max_rps_at_p99_per_pass": per_pass,
+           "max_rps_at_p99": {n: _spread(v) for n, v in per_pass.items()}}
+    ratios = {}
+    for k, v in per_pass.items():  # early exit over the monolithic server with the same thread pool
+        suffix = next((x for x in ("-nospin", "-1t") if k.endswith(x)), "")
+        base = per_pass.get("mono-request" + suffix)
+        if k.startswith("ee-") and base and all(base):
+            ratios[k] = {"per_pass": [round(a / b, 3) for a, b in zip(v, base)],
+                         **_spread([a / b for a, b in zip(v, base)])}
+    if ratios:
+        out["ee_over_monolithic_at_p99"] = ratios
+    return out
+
+
+def _cpu_flags() -> str:
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown"
+    return " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16") if f in flags) or "no avx2"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.serve", description=__doc__.splitlines()[0])
     p.add_argument("--artifact", required=True, help="a calibrated SST-2 artifact (with its monolithic graph)")
-    p.add_argument("--servers", nargs="+", default=["ee-layer", "ee-request", "ee-none", "mono-request",
-                                                    "ee-layer-nospin", "mono-request-nospin"],
+    p.add_argument("--servers", nargs="+", default=["ee-layer", "mono-request"],
                    choices=list(SERVERS), help="servers to compare (each started once, load segments interleaved)")
     p.add_argument("--rates", nargs="+", type=float, default=[25, 50, 100, 150, 200, 250, 300, 400, 500],
                    help="offered loads, requests per second (Poisson arrivals), in rising order")
     p.add_argument("--seconds", type=float, default=4.0, help="length of one segment")
     p.add_argument("--rounds", type=int, default=3, help="segments per server and load step (interleaved)")
+    p.add_argument("--search-steps", type=int, default=0,
+                   help="bisection steps per server and pass between the highest ramp rate that met the p99 "
+                        "target and the lowest above it that did not")
+    p.add_argument("--passes", type=int, default=1, help="ramp (+ search) passes; figures are median [min, max]")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads of every plain server (runtime.serve --threads; default: its own)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes of every plain server")
     p.add_argument("--p99-target-ms", type=float, default=50.0,
                    help="the p99 latency at which sustained throughputs are compared")
     p.add_argument("--stop-p99-ms", type=float, default=1000.0, help="stop raising the load past this p99")
     p.add_argument("--pin", action="store_true", help="server on core 0, this generator on core 1")
     p.add_argument("--data-dir", default=None, help="folder with glue/ (default: ../shared/data)")
     p.add_argument("--out", default="results/serve", help="output folder")
+    p.add_argument("--name", default=None, help="file name stem (default: serve, or serve_pinned with --pin)")
     a = p.parse_args(argv)
     from runtime.datasets import load_split
     if a.pin:
         os.sched_setaffinity(0, {1})
+    extra = (["--threads", str(a.threads)] if a.threads else []) + (["--workers", str(a.workers)] if a.workers else [])
     texts = load_split("sst2", "dev", a.data_dir).text_a
-    results = bench(a.servers, a.artifact, texts, a.rates, a.seconds, a.rounds, a.pin, a.stop_p99_ms)
-    best = {r["server"]: max_rps_at_p99(r["loads"], a.p99_target_ms) for r in results}
+    results = bench(a.servers, a.artifact, texts, a.rates, a.seconds, a.rounds, a.pin, a.stop_p99_ms,
+                    target_ms=a.p99_target_ms, search_steps=a.search_steps, passes=a.passes, server_args=extra)
+    summary = summarize(results, a.p99_target_ms)
     res = {"artifact": a.artifact, "pinned": a.pin, "p99_target_ms": a.p99_target_ms,
-           "segments": {"seconds": a.seconds, "rounds": a.rounds},
-           "max_rps_at_p99": best, "results": results, "env": environment(threads=0)}
-    ratios = {}
-    for k, v in best.items():  # early exit over the monolithic server with the same thread pool
-        base = best.get("mono-request-nospin" if k.endswith("-nospin") else "mono-request")
-        if k.startswith("ee-") and base:
-            ratios[k] = round(v / base, 3)
-    if ratios:
-        res["ee_over_monolithic_at_p99"] = ratios
-    name = "serve_pinned" if a.pin else "serve"
+           "segments": {"seconds": a.seconds, "rounds": a.rounds}, "passes": a.passes, "search_steps": a.search_steps,
+           "server_args": extra, "generator": {"event_loop": loadgen.event_loop_name(), "kind": "benchmarks.loadgen"},
+           "method": "max_rps_at_p99: per pass, the highest measured throughput among load steps (ramp and "
+                     "bisection) whose p99 <= the target with >= 99% of requests answered 200; median [min, max] "
+                     "over passes; ratios per pass",
+           **summary, "results": results, "env": {**environment(threads=0), "cpu_flags": _cpu_flags()}}
+    name = a.name or ("serve_pinned" if a.pin else "serve")
     write_result(a.out, f"{name}.json", res, "benchmarks.serve", argv)
     plot(results, a.p99_target_ms, Path(a.out) / f"{name}_p99_vs_throughput.png")
-    print(json.dumps({"max_rps_at_p99": best, **({"ratio": res["ee_over_monolithic_at_p99"]}
-                                                  if "ee_over_monolithic_at_p99" in res else {})}))
+    print(json.dumps({k: summary[k] for k in summary if k != "max_rps_at_p99_per_pass"}))
     return 0
 
 

@@ -137,6 +137,9 @@ class _Job:
 
 def _stack(encs: list[Encoded]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows of several requests as one right-padded [B, S] batch."""
+    if len(encs) == 1:  # the common case under light load: nothing to pad or copy
+        e = encs[0]
+        return e.input_ids, e.token_type_ids, e.attention_mask
     s = max(e.shape[1] for e in encs)
     pad = lambda a: np.pad(a, ((0, 0), (0, s - a.shape[1])))  # noqa: E731
     return tuple(np.concatenate([pad(getattr(e, k)) for e in encs])  # type: ignore[return-value]
@@ -307,6 +310,8 @@ class Scheduler:
         """Rows that may share a graph call: one per row (isolate_rows), or those of one length."""
         if self.cfg.isolate_rows:
             return [np.array([i]) for i in range(len(lengths))]
+        if len(lengths) == 1:
+            return [np.zeros(1, np.int64)]
         return [np.flatnonzero(lengths == n) for n in np.unique(lengths)]
 
     def _key(self, c: Cohort) -> tuple:
