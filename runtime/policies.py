@@ -118,24 +118,17 @@ def softmax_signals(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def derive_signal(name: str, logits: np.ndarray, lte_logit: np.ndarray | None) -> np.ndarray:
     """An exit signal from the exit head's raw outputs (head layout "logits")."""
-    if name == "confidence":
-        z = logits - logits.max(axis=1, keepdims=True)
-        return (1.0 / np.exp(z).sum(axis=1)).astype(np.float32)  # max softmax = exp(0) / sum
-    if name == "entropy":
-        return softmax_signals(logits)[1].astype(np.float32)
-    if name == "lte":
-        return (1.0 / (1.0 + np.exp(-lte_logit))).astype(np.float32)
-    raise ValueError(f"unknown signal {name!r}")
+    return derive_signals((name,), logits, lte_logit)[name]
 
 
 def derive_signals(names: Sequence[str], logits: np.ndarray, lte_logit: np.ndarray | None,
                    given: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Every signal in `names` (copies of those in `given`, the others derived), bit-identical to
-    `derive_signal` for each: confidence and entropy share the softmax's first steps, which is
-    what an exit pays for at batch 1 (one small numpy call costs about a microsecond)."""
+    """Every signal in `names` (copies of those in `given`, the others derived from the head's raw
+    outputs), float32. Confidence and entropy share the softmax's first steps: at batch 1 each
+    small numpy call costs about a microsecond, and an exit reports every signal."""
     given = given or {}
     out: dict[str, np.ndarray] = {}
-    s = z = None
+    z = s = None
     for name in names:
         if name in given:
             out[name] = given[name].copy()
@@ -143,14 +136,15 @@ def derive_signals(names: Sequence[str], logits: np.ndarray, lte_logit: np.ndarr
             if s is None:
                 z = logits - logits.max(axis=1, keepdims=True)
                 s = np.exp(z).sum(axis=1, keepdims=True)
-            if name == "confidence":
+            if name == "confidence":  # max softmax = exp(0) / sum
                 out[name] = (1.0 / s[:, 0]).astype(np.float32)
-            else:
-                lse = np.log(s)
-                logp = z - lse
+            else:  # via log-softmax, as softmax_signals
+                logp = z - np.log(s)
                 out[name] = (-(np.exp(logp) * logp).sum(axis=1)).astype(np.float32)
+        elif name == "lte":
+            out[name] = (1.0 / (1.0 + np.exp(-lte_logit))).astype(np.float32)
         else:
-            out[name] = derive_signal(name, logits, lte_logit)
+            raise ValueError(f"unknown signal {name!r}")
     return out
 
 

@@ -50,6 +50,11 @@ def test_latency_benchmark_end_to_end(rte_art, rte_ckpt, data_dir, tmp_path, cap
         assert s["layer_estimate"] == pytest.approx(2 / s["avg_exit_layer"])
         assert s["realization"] == pytest.approx(s["speedup_vs_full_chain"] / s["layer_estimate"])
         assert s["spread"]["realization"]["min"] <= s["realization"] <= s["spread"]["realization"]["max"]
+        rf = s["spread"]["realization_vs_forced_exits"]
+        assert s["predicted_from_forced_exits_ms"] > 0 and rf["min"] <= s["realization_vs_forced_exits"] <= rf["max"]
+        if s["avg_exit_layer"] in (1.0, 2.0):  # every row at one layer: the prediction is that forced exit's time
+            f = r["forced_exit"]["per_layer"][int(s["avg_exit_layer"]) - 1]
+            assert s["predicted_from_forced_exits_ms"] == pytest.approx(float(np.median(f["latency_ms_mean_per_pass"])))
         for k in ("latency_ms_p50", "latency_ms_p90", "speedup_vs_monolithic", "score", "relative_score"):
             assert k in s
     assert r["eager"] and r["eager"][0]["decisions"] == "full depth"
