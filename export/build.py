@@ -288,7 +288,7 @@ def build(cfg: ExportConfig) -> Path:
         if cfg.int8_method == "dynamic":
             for r in roles.values():
                 quantize_int8(tmp / r["file"])
-            int8_record = {"method": "onnxruntime quantize_dynamic", "weights": "QInt8 per-channel",
+            int8_record = {"method": "onnxruntime quantize_dynamic", "weights": "QInt8 per-channel, 7-bit (reduce_range)",
                            "ops": ["MatMul", "Attention"], "batch_independent": False}
         elif cfg.int8_method == "static":
             feeds = _calibration_feeds(cfg, train_cfg, tokenizer, task, max_len, tmp, roles, exits)
