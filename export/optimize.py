@@ -225,22 +225,35 @@ class _Feeds:
 STATIC_INT8_OPS = ("MatMul",)
 
 
-def quantize_int8_static(path: Path, feeds: list[dict]) -> dict:
+def quantize_int8_static(path: Path, feeds: list[dict], attention: str = "qattention") -> dict:
     """Static int8 quantization in place (QDQ format): activation scales calibrated once from
     `feeds` (the graph's real inputs for real rows: MinMax over every batch), per-channel int8
     weights. The scales are constants of the graph, so a row's answer no longer depends on the
     other rows of its batch (dynamic quantization's scales span the batch).
 
-    Quantized after fusion: onnxruntime's QDQ quantizer has no rules for the fused Attention,
-    SkipLayerNormalization and BiasGelu ops, which stay fp32 (the attention's QKV projection sits
-    inside Attention); the MatMuls around them (attention output, both FFN projections) become
-    int8. Only MatMuls with a constant weight are quantized; the exit head (Gemm) stays fp32."""
+    Quantized after fusion. onnxruntime's QDQ quantizer has no rule for the fused Attention,
+    SkipLayerNormalization and BiasGelu ops; the MatMuls around them (attention output, both FFN
+    projections) become int8 with fp32 outputs (an int8 output would be dequantized again at
+    once: measured slower and less accurate), and a tensor that feeds both a quantized MatMul and
+    a residual connection keeps its fp32 value on the residual path (the quantizer would hand the
+    residual the dequantized copy, adding rounding error to every layer's skip connection).
+    attention="qattention" (default) also quantizes the fused Attention's Q/K/V projection: a
+    QAttention op fed by a QuantizeLinear with the input scale calibrated here (7-bit per-column
+    weights), so the attention runs int8 too and stays batch-independent; "fused" leaves it fp32.
+    Only MatMuls with a constant weight are quantized; the exit head (Gemm) stays fp32."""
+    if attention not in ("qattention", "fused"):
+        raise ValueError(f"attention must be qattention or fused, got {attention!r}")
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer logs a warning per tensor on the root logger
     try:
+        ranges = _attention_input_ranges(path, feeds) if attention == "qattention" else {}
         with _calibrator_sessions():
-            return _quantize_static(path, feeds)
+            rec = _quantize_static(path, feeds)
+        rec["residual_inputs"] = "fp32 (bypass of the quantized copy): %d tensors" % keep_fp32_bypass(path)
+        if ranges:
+            rec["attention"] = _static_qattention(path, ranges)
+        return rec
     finally:
         root.setLevel(level)
 
@@ -284,10 +297,117 @@ def _quantize_static(path: Path, feeds: list[dict]) -> dict:
                     op_types_to_quantize=list(STATIC_INT8_OPS), per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax,
-                    extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True})
+                    extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True,
+                                   "OpTypesToExcludeOutputQuantization": ["MatMul"]})
     tmp.replace(path)
     pre.unlink(missing_ok=True)
     for p in path.parent.glob("*augmented*.onnx"):  # the calibrator's scratch model, if left behind
         p.unlink()
     return {"method": "onnxruntime quantize_static", "format": "QDQ", "weights": "QInt8 per-channel",
-            "activations": "QUInt8 per-tensor, MinMax", "ops": list(STATIC_INT8_OPS)}
+            "activations": "QUInt8 per-tensor, MinMax", "ops": list(STATIC_INT8_OPS), "outputs": "fp32"}
+
+
+def keep_fp32_bypass(path: Path) -> int:
+    """In a QDQ graph, consumers of a dequantized activation that are not quantized ops (the
+    residual Add / SkipLayerNormalization, a graph output) read the original fp32 tensor again.
+    Returns how many tensors were rewired."""
+    import onnx
+    m = onnx.load(str(path))
+    g = m.graph
+    consts = {i.name for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    dq_source: dict[str, str] = {}  # dequantized tensor -> the fp32 tensor it was quantized from
+    for n in g.node:
+        if n.op_type != "DequantizeLinear":
+            continue
+        q = producer.get(n.input[0])
+        if q is not None and q.op_type == "QuantizeLinear" and q.input[0] not in consts:
+            dq_source[n.output[0]] = q.input[0]
+    rewired = set()
+    for n in g.node:
+        if n.op_type in STATIC_INT8_OPS or n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for i, name in enumerate(n.input):
+            if name in dq_source:
+                n.input[i] = dq_source[name]
+                rewired.add(name)
+    if rewired:
+        onnx.save(m, str(path))
+    return len(rewired)
+
+
+def _attention_input_ranges(path: Path, feeds: list[dict]) -> dict[str, tuple[float, float]]:
+    """(min, max) over the calibration feeds of every fused Attention node's input tensor."""
+    import numpy as np
+    import onnx
+    from runtime.backends.ort import make_session
+
+    m = onnx.load(str(path))
+    names = sorted({n.input[0] for n in m.graph.node if n.op_type == "Attention" and n.domain == "com.microsoft"})
+    if not names:
+        return {}
+    have = {o.name for o in m.graph.output}
+    for name in names:
+        if name not in have:
+            m.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    sess = make_session(m.SerializeToString())
+    lo = {k: np.inf for k in names}
+    hi = {k: -np.inf for k in names}
+    outs = [o.name for o in sess.get_outputs()]
+    for f in feeds:
+        vals = dict(zip(outs, sess.run(None, f)))
+        for k in names:
+            mask = f.get("attention_mask")
+            v = vals[k]
+            if mask is not None and v.ndim == 3 and mask.shape == v.shape[:2]:
+                v = v[mask.astype(bool)]  # padding positions do not set the scale
+            lo[k], hi[k] = min(lo[k], float(v.min())), max(hi[k], float(v.max()))
+    return {k: (lo[k], hi[k]) for k in names}
+
+
+def _static_qattention(path: Path, ranges: dict[str, tuple[float, float]]) -> dict:
+    """Fused Attention -> QAttention with a static input scale: onnxruntime's dynamic quantizer
+    writes QAttention fed by DynamicQuantizeLinear; each DynamicQuantizeLinear is then replaced by
+    a QuantizeLinear whose scale and zero point are constants from `ranges` (uint8, asymmetric,
+    the range widened to include 0), so nothing depends on the batch."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = path.with_suffix(".qatt.onnx")
+    quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
+                     op_types_to_quantize=["Attention"],
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    m = onnx.load(str(tmp))
+    g = m.graph
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    nodes, replaced = [], 0
+    for n in g.node:
+        if n.op_type == "DynamicQuantizeLinear" and n.input[0] in ranges and \
+                all(c.op_type == "QAttention" for o in n.output for c in consumers.get(o, [])):
+            lo, hi = ranges[n.input[0]]
+            lo, hi = min(lo, 0.0), max(hi, 0.0)
+            scale = max(hi - lo, 1e-8) / 255.0
+            zp = int(np.clip(round(-lo / scale), 0, 255))
+            y, y_scale, y_zp = n.output
+            g.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), y_scale),
+                                  numpy_helper.from_array(np.array(zp, np.uint8), y_zp)])
+            nodes.append(helper.make_node("QuantizeLinear", [n.input[0], y_scale, y_zp], [y],
+                                          name=(n.name or y) + "_static"))
+            replaced += 1
+        else:
+            nodes.append(n)
+    del g.node[:]
+    g.node.extend(nodes)
+    left = sum(1 for n in g.node if n.op_type == "DynamicQuantizeLinear")
+    if left:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"{left} DynamicQuantizeLinear nodes left after static QAttention rewrite of {path.name}")
+    onnx.save(m, str(path))
+    tmp.unlink(missing_ok=True)
+    return {"op": "QAttention", "input": "QUInt8 per-tensor, MinMax (non-padding positions)",
+            "weights": "QInt8 per-column, 7-bit (reduce_range)", "nodes": replaced}

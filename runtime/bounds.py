@@ -16,6 +16,19 @@ Two tests:
               p = (1 + #{resamples below target}) / (B + 1), the bound is the delta-quantile.
               Asymptotically valid (the bootstrap's usual caveat), paired so that the
               full-depth score's own noise cancels.
+
+What "meets the target" means (`new_rows`): the score of the distribution itself (new_rows =
+inf), or the score measured on a set of new_rows new rows, which has sampling noise of its own:
+a policy exactly at the target on the distribution misses it on half of all finite sets. With
+new_rows = M the tests are predictive, covering both noises:
+  bootstrap   the resampled deviations from the estimate are widened by sqrt(1 + n / M) (the
+              variance of the n-row estimate plus that of an M-row score), so p is the
+              probability that an M-row score falls below the target;
+  binomial    the number of disagreements among M new rows is beta-binomial (Jeffreys prior on
+              the disagreement rate, updated with the n rows): p is its tail above what the
+              target allows.
+Both are approximate (asymptotic and Bayesian respectively); runtime/calib_eval.py measures how
+often the target then holds on unseen halves of real dev sets (results/CALIBRATION.md).
 """
 from __future__ import annotations
 
@@ -68,11 +81,34 @@ def clopper_pearson_upper(k: int, n: int, delta: float) -> float:
     return lo
 
 
-def binomial_test(losses: np.ndarray, max_rate: float, delta: float) -> BoundTest:
-    """H: the loss rate exceeds max_rate. losses: 0/1 [n]. The bound is 1 - the upper limit of the
-    loss rate (e.g. a lower bound on agreement)."""
+def binomial_test(losses: np.ndarray, max_rate: float, delta: float, new_rows: float = math.inf) -> BoundTest:
+    """H: the loss rate exceeds max_rate (new_rows = inf), or: more than max_rate of new_rows new
+    rows are losses. losses: 0/1 [n]. The bound is 1 - the upper limit of the loss rate (e.g. a
+    lower bound on agreement): of the distribution, or of the new rows' share (its delta-quantile)."""
     n, k = int(losses.size), int(np.sum(losses))
-    return BoundTest(binom_cdf(k, n, max_rate), 1.0 - clopper_pearson_upper(k, n, delta), 1.0 - k / max(n, 1))
+    est = 1.0 - k / max(n, 1)
+    if math.isinf(new_rows):
+        return BoundTest(binom_cdf(k, n, max_rate), 1.0 - clopper_pearson_upper(k, n, delta), est)
+    m = int(new_rows)
+    pmf = beta_binomial_pmf(m, k + 0.5, n - k + 0.5)
+    allowed = int(math.floor(m * max_rate + 1e-9))  # losses the target allows among m rows
+    cdf = np.cumsum(pmf)
+    p = float(max(0.0, 1.0 - cdf[allowed])) if allowed < m else 0.0
+    q = int(np.searchsorted(cdf, 1.0 - delta))  # the (1 - delta)-quantile of the losses
+    return BoundTest(p, 1.0 - min(q, m) / m, est)
+
+
+def beta_binomial_pmf(m: int, a: float, b: float) -> np.ndarray:
+    """P(L = j), j = 0..m, for L ~ BetaBinomial(m, a, b) [m + 1] (log-space, no scipy)."""
+    if m < 1:
+        raise ValueError(f"new_rows must be >= 1, got {m}")
+    j = np.arange(m + 1, dtype=np.float64)
+    lg = np.vectorize(math.lgamma, otypes=[np.float64])
+    logc = lg(m + 1.0) - lg(j + 1) - lg(m - j + 1)
+    logb = lg(j + a) + lg(m - j + b) - lg(m + a + b) - (math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b))
+    lp = logc + logb
+    w = np.exp(lp - lp.max())
+    return w / w.sum()
 
 
 class PairedBootstrap:
@@ -92,8 +128,15 @@ class PairedBootstrap:
             r = s / self.full
         return np.where(self.full > 0, r, -np.inf)  # a resample whose full score is 0 proves nothing
 
-    def test(self, pred: np.ndarray, target: float, delta: float, estimate: float) -> BoundTest:
+    def test(self, pred: np.ndarray, target: float, delta: float, estimate: float,
+             new_rows: float = math.inf) -> BoundTest:
+        """H: the relative score is below target: of the distribution (new_rows = inf), or as
+        measured on new_rows new rows (deviations widened by sqrt(1 + n / new_rows))."""
         r = self.relative(pred)
+        if not math.isinf(new_rows) and np.isfinite(estimate):
+            n = self.idx.shape[1]
+            with np.errstate(invalid="ignore"):
+                r = estimate + (r - estimate) * math.sqrt(1.0 + n / new_rows)  # -inf stays -inf
         p = (1 + int(np.sum(r < target))) / (len(r) + 1)
         return BoundTest(p, float(np.quantile(r, delta)), estimate)
 

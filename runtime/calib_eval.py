@@ -23,11 +23,12 @@ def _spread(xs: list[float]) -> dict:
 
 def evaluate(judge: Judge, name: str, target: Target, *, splits: int = 50, fraction: float = 0.5, delta: float = 0.1,
              per_layer: bool = False, allow_majority: bool = False, resamples: int = 1000, seed: int = 0,
-             methods: tuple[str, ...] = ("point", "ltt")) -> dict:
+             methods: tuple[str, ...] = ("point", "ltt"), new_rows: float | None = None) -> dict:
     """Per method: how often the target held on the held-out part, and the spread of the
     held-out relative score (or agreement), avg exit layer and (F1 tasks) accuracy relative and
     predicted-positive rate. The point method runs as it always did (per-layer search on, no
-    majority check); the guaranteed one with the options given."""
+    majority check); the guaranteed one with the options given, certifying the target on as many
+    new rows as the held-out part has (new_rows, unless given)."""
     if not 0 < fraction < 1:
         raise PolicyError(f"--evaluate-fraction must lie in (0, 1), got {fraction}.")
     n = judge.n
@@ -50,7 +51,8 @@ def evaluate(judge: Judge, name: str, target: Target, *, splits: int = 50, fract
                 else:  # "ltt" with the options given; "ltt-per-layer" with per-layer thresholds tried
                     c = calibrate(cal, name, target, method="ltt", delta=delta,
                                   per_layer=per_layer or m == "ltt-per-layer", allow_majority=allow_majority,
-                                  resamples=resamples, seed=seed + s)
+                                  resamples=resamples, seed=seed + s,
+                                  new_rows=n - k if new_rows is None else new_rows)
             except PolicyError:
                 r["failed"] += 1  # nothing qualified on this part: the split counts as not calibrated
                 continue
@@ -63,7 +65,8 @@ def evaluate(judge: Judge, name: str, target: Target, *, splits: int = 50, fract
             r["positive_rate"].append(p.positive_rate)
             r["per_layer_used"] += int(c["best"].policy.per_layer is not None)
     out = {"splits": splits, "rows": n, "rows_calibrate": k, "rows_test": n - k, "target": target.to_json(),
-           "delta": delta, "methods": {}}
+           "delta": delta, "new_rows": (n - k if new_rows is None else None if np.isinf(new_rows) else int(new_rows)),
+           "methods": {}}
     for m, r in res.items():
         done = splits - r["failed"]
         out["methods"][m] = {

@@ -4,11 +4,14 @@ Chooses the default exit policy from calibration rows and writes it into the art
 with what it guarantees (runtime/calibration.py has the methods, runtime/bounds.py the tests):
 
   --target-relative-score R   labelled rows (--task's dev split): the fastest threshold whose
-                              score / full-depth score >= R with probability >= 1 - delta on new
-                              rows of the same distribution (paired bootstrap, fixed-sequence test)
+                              score / full-depth score >= R with probability >= 1 - delta, as
+                              scored on a new set of rows as large as the calibration rows
+                              (--new-rows N for N rows, 'inf' for the distribution's own score;
+                              predictive paired bootstrap, fixed-sequence test)
   --target-agreement A        unlabelled rows too (--input texts.txt): the fastest threshold whose
-                              answers equal the full-depth answers on >= A of rows, with probability
-                              >= 1 - delta (exact binomial test); regression: within --agreement-tolerance
+                              answers equal the full-depth answers on >= A of new rows, with
+                              probability >= 1 - delta (beta-binomial predictive test; exact
+                              binomial with --new-rows inf); regression: within --agreement-tolerance
   --target-avg-layer K        best score with average exit layer <= K (point estimate, no guarantee)
   --target-latency-ms X       best score (or agreement) whose predicted mean batch-1 latency <= X ms,
                               from per-exit costs measured here on the artifact (reported against
@@ -37,6 +40,19 @@ from .model import EarlyExitModel
 from .policies import LayerOutputs, PolicyError, simulate
 from .tasks import get_task
 from .tokenize import InputError
+
+
+def new_rows_arg(v: str) -> float:
+    """--new-rows: a whole number >= 1, or 'inf'."""
+    if v.strip().lower() in ("inf", "infinity"):
+        return float("inf")
+    try:
+        n = int(v)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1 or 'inf', got {v!r}")
+    return float(n)
 
 
 def split_layer_outputs(model: EarlyExitModel, text_a, text_b, batch_size: int = 32) -> list[LayerOutputs]:
@@ -129,6 +145,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--agreement-tolerance", type=nonneg_float, default=None,
                    help="regression: largest |early - full-depth| value that counts as the same answer")
     p.add_argument("--delta", type=unit_float, default=0.1, help="the guarantee holds with probability >= 1 - delta")
+    p.add_argument("--new-rows", type=new_rows_arg, default=None,
+                   help="the guarantee is for the score measured on this many new rows (default: as many as "
+                        "calibrate; with --evaluate: the held-out part's size); 'inf': the distribution's own score")
     p.add_argument("--method", default="ltt", choices=["ltt", "point"],
                    help="ltt: Learn-then-Test guarantee; point: fastest meeting the target on the rows themselves")
     p.add_argument("--per-layer", action="store_true", help="also try per-layer thresholds (searched on half of the "
@@ -185,7 +204,7 @@ def main(argv=None) -> int:
         if args.evaluate:
             ev = evaluate(judge, policy, target, splits=args.splits, fraction=args.evaluate_fraction, delta=args.delta,
                           per_layer=args.per_layer, allow_majority=args.allow_majority, resamples=args.resamples,
-                          seed=args.seed)
+                          seed=args.seed, new_rows=args.new_rows)
             ev.update(source=source, policy=policy, artifact=str(m.root))
             print(format_table(ev))
             if args.json_out:
@@ -193,12 +212,13 @@ def main(argv=None) -> int:
                     json.dump(ev, f, indent=2)
             return 0
         res = calibrate(judge, policy, target, method=args.method, delta=args.delta, per_layer=args.per_layer,
-                        allow_majority=args.allow_majority, resamples=args.resamples, seed=args.seed)
+                        allow_majority=args.allow_majority, resamples=args.resamples, seed=args.seed,
+                        new_rows=args.new_rows)
     except (ArtifactError, PolicyError, InputError, FileNotFoundError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     best, single = res["best"], res["single"]
-    rec = {"method": res["method"], "target": target.to_json(), "delta": res["delta"],
+    rec = {"method": res["method"], "target": target.to_json(), "delta": res["delta"], "new_rows": res["new_rows"],
            "bound": best.bound, "rows": res["rows"], **source,
            "rows_search": res["rows_search"], "rows_certify": res["rows_certify"],
            "full_depth_score": judge.full_score, "result": best.to_json(),
@@ -206,7 +226,8 @@ def main(argv=None) -> int:
            "per_layer_result": None if res["per_layer"] is None else res["per_layer"].to_json(),
            "per_layer_used": best.policy.per_layer is not None,
            "guarantee": (f"{target.kind} >= {getattr(target, target.kind)} with probability >= {1 - res['delta']:g} "
-                         f"on new rows of the calibration rows' distribution" if res["delta"] is not None else None),
+                         + (f"for the score of {res['new_rows']} new rows" if res["new_rows"] is not None else "for the score")
+                         + " of the calibration rows' distribution" if res["delta"] is not None else None),
            "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if judge.f1_task and gold is not None:
         rec["gold_positive_rate"] = float(np.mean(gold == 1))

@@ -15,9 +15,15 @@ Per-layer thresholds are a richer family; with `per_layer=True` the rows are spl
 one part (coordinate descent, point estimates) gives a path of per-layer candidates from
 conservative to aggressive, tested in order on the other part. Each family gets delta / 2
 (Bonferroni), so the faster of the two certified policies keeps the 1 - delta guarantee.
+
+Where the target is checked (`new_rows`): by default on a new set as large as the calibration
+rows (a deployment scores its own window of traffic, an evaluation its own held-out rows, and
+either has sampling noise of its own); `new_rows=N` for N new rows; `new_rows=math.inf` for the
+distribution itself (the population score; runtime/bounds.py explains both).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -185,24 +191,25 @@ def _refused(p: Point, allow_majority: bool) -> bool:
     return p.majority is not None and not allow_majority
 
 
-def _test(judge: Judge, target: Target, delta: float, allow_majority: bool, resamples: int, seed: int):
+def _test(judge: Judge, target: Target, delta: float, allow_majority: bool, resamples: int, seed: int,
+          new_rows: float = math.inf):
     """A test function for fixed_sequence: policy -> (Point with bound) or None (refused)."""
     def run(policy: ExitPolicy):
         p, pred = judge.point(policy)
         if _refused(p, allow_majority):
             return None
         if target.relative_score is not None:
-            t = judge.bootstrap(resamples, seed).test(pred, target.relative_score, delta, p.relative_score)
+            t = judge.bootstrap(resamples, seed).test(pred, target.relative_score, delta, p.relative_score, new_rows)
         else:
-            t = binomial_test(judge.losses(pred), 1.0 - target.agreement, delta)
+            t = binomial_test(judge.losses(pred), 1.0 - target.agreement, delta, new_rows)
         return replace(p, bound=t.bound, p_value=t.p_value)
     return run
 
 
 def _ltt(judge: Judge, policies: list[ExitPolicy], target: Target, delta: float, allow_majority: bool,
-         resamples: int, seed: int) -> list[Point]:
+         resamples: int, seed: int, new_rows: float = math.inf) -> list[Point]:
     cache: dict[int, Point] = {}
-    run = _test(judge, target, delta, allow_majority, resamples, seed)
+    run = _test(judge, target, delta, allow_majority, resamples, seed, new_rows)
 
     def test(i: int) -> BoundTest | None:
         p = run(policies[i])
@@ -268,9 +275,11 @@ def point_search(judge: Judge, name: str, target: Target, *, per_layer: bool, al
 
 def calibrate(judge: Judge, name: str, target: Target, *, method: str = "ltt", delta: float = 0.1,
               per_layer: bool = False, allow_majority: bool = False, resamples: int = 1000, seed: int = 0,
-              grid: int = 100) -> dict:
+              grid: int = 100, new_rows: float | None = None) -> dict:
     """Choose a policy. Returns {"best", "single", "per_layer" (or None), "method", "delta", "rows",
-    "rows_search", "rows_certify", "refused_majority"}; raises PolicyError when nothing qualifies."""
+    "rows_search", "rows_certify", "new_rows"}; raises PolicyError when nothing qualifies.
+    new_rows: where the guarantee's target is checked (None: as many new rows as calibrate;
+    math.inf: the distribution itself)."""
     if name not in SIGNAL_POLICIES:
         raise PolicyError(f"calibration tunes a threshold of {', '.join(SIGNAL_POLICIES)}, not '{name}'.")
     judge.policy(name, threshold=0.5 if name != "entropy" else 0.1)  # applicable to this model?
@@ -282,9 +291,14 @@ def calibrate(judge: Judge, name: str, target: Target, *, method: str = "ltt", d
         raise PolicyError(f"--target-avg-layer must lie in [1, {judge.num_layers}], got {target.avg_exit_layer}.")
     if not 0 < delta < 1:
         raise PolicyError(f"--delta must lie in (0, 1), got {delta}.")
+    if new_rows is None:
+        new_rows = judge.n
+    if not (math.isinf(new_rows) or (new_rows >= 1 and float(new_rows).is_integer())) or new_rows < 0:
+        raise PolicyError(f"--new-rows must be a whole number >= 1 or inf, got {new_rows}.")
     if target.agreement is not None and judge.kind == "regression" and judge.tolerance is None:
         judge.losses(judge.full_pred)  # raises the tolerance message
-    out = {"rows": judge.n, "delta": None, "rows_search": None, "rows_certify": None, "per_layer": None}
+    out = {"rows": judge.n, "delta": None, "rows_search": None, "rows_certify": None, "per_layer": None,
+           "new_rows": None}
     guaranteed = target.relative_score is not None or target.agreement is not None
     if method == "point" or not guaranteed:
         single, best, _ = point_search(judge, name, target, per_layer=per_layer, allow_majority=allow_majority,
@@ -297,14 +311,14 @@ def calibrate(judge: Judge, name: str, target: Target, *, method: str = "ltt", d
     meth = "ltt-bootstrap" if target.relative_score is not None else "ltt-binomial"
     d_single = delta / 2 if per_layer else delta
     pols = [judge.policy(name, threshold=t) for t in candidates(judge, name, grid)]
-    single = _fastest(_ltt(judge, pols, target, d_single, allow_majority, resamples, seed))
+    single = _fastest(_ltt(judge, pols, target, d_single, allow_majority, resamples, seed, new_rows))
     pl = None
     if per_layer and len(judge.per_layer) > 1 and judge.n >= 20:
         perm = np.random.default_rng(seed + 1).permutation(judge.n)
         a, b = perm[: judge.n // 2], perm[judge.n // 2:]
         ja, jb = judge.take(a), judge.take(b)
         _, _, path = point_search(ja, name, target, per_layer=True, allow_majority=allow_majority)
-        kept = _ltt(jb, [p.policy for p in path], target, delta / 2, allow_majority, resamples, seed)
+        kept = _ltt(jb, [p.policy for p in path], target, delta / 2, allow_majority, resamples, seed, new_rows)
         if kept:
             cert = _fastest(kept)
             full, _ = judge.point(cert.policy)  # reported on all rows; the bound is the held-out part's
@@ -315,7 +329,8 @@ def calibrate(judge: Judge, name: str, target: Target, *, method: str = "ltt", d
         raise PolicyError(_none_msg(judge, target, name, f"with probability >= {1 - delta:g}") +
                           " Or pass more rows, or a larger --delta.")
     best = _fastest(cands)
-    return {**out, "best": best, "single": single, "per_layer": pl, "method": meth, "delta": delta}
+    return {**out, "best": best, "single": single, "per_layer": pl, "method": meth, "delta": delta,
+            "new_rows": None if math.isinf(new_rows) else int(new_rows)}
 
 
 def _none_msg(judge: Judge, target: Target, name: str, how: str) -> str:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from runtime import EarlyExitModel, PolicyError, load_manifest, simulate
-from runtime.bounds import PairedBootstrap, binom_cdf, binomial_test, clopper_pearson_upper, fixed_sequence, BoundTest
+from runtime.bounds import (PairedBootstrap, beta_binomial_pmf, binom_cdf, binomial_test, clopper_pearson_upper,
+                            fixed_sequence, BoundTest)
 from runtime.calib_eval import evaluate
 from runtime.calibrate import main as calibrate_main, split_layer_outputs
 from runtime.calibration import Judge, Target, calibrate
@@ -86,6 +87,33 @@ def test_paired_bootstrap_is_paired():
     assert np.allclose(b.relative(full), 1.0)  # the same answers: relative 1 on every resample
     t = b.test(full, 0.99, 0.1, 1.0)
     assert t.p_value == pytest.approx(1 / 201) and t.bound == pytest.approx(1.0)
+
+
+def test_new_rows_tests_are_predictive():
+    """With new_rows = M the binomial test is the beta-binomial tail of the losses among M new rows
+    (Jeffreys prior), and the bootstrap's deviations are exactly sqrt(1 + n / M) times wider."""
+    st = pytest.importorskip("scipy.stats")
+    for m, a, b in ((10, 0.5, 20.5), (436, 3.5, 433.5), (1000, 0.5, 300.5)):
+        np.testing.assert_allclose(beta_binomial_pmf(m, a, b), st.betabinom.pmf(np.arange(m + 1), m, a, b),
+                                   rtol=1e-8, atol=1e-15)
+    losses = np.array([0] * 396 + [1] * 4)
+    t = binomial_test(losses, 0.02, 0.1, new_rows=300)
+    assert t.p_value == pytest.approx(st.betabinom.sf(6, 300, 4.5, 396.5), rel=1e-6)  # 6 = floor(300 * 0.02)
+    assert t.estimate == 0.99 and t.bound == pytest.approx(1 - st.betabinom.ppf(0.9, 300, 4.5, 396.5) / 300)
+    # a policy right at the target: the population test certifies it from many rows, the new-rows
+    # test never does (a finite new set falls below an exact-target policy half of the time)
+    at_target = np.array([0] * 9800 + [1] * 200)
+    assert binomial_test(at_target, 0.025, 0.1).p_value < 0.01
+    assert binomial_test(at_target, 0.02, 0.1, new_rows=500).p_value > 0.3
+    rng = np.random.default_rng(1)
+    gold = rng.integers(0, 2, 400)
+    full = np.where(rng.random(400) < 0.85, gold, 1 - gold)
+    pred = np.where(rng.random(400) < 0.05, 1 - full, full)
+    bs = PairedBootstrap("accuracy", gold, full, resamples=300)
+    est = float(np.mean(pred == gold) / np.mean(full == gold))
+    pop, new = bs.test(pred, 0.93, 0.1, est), bs.test(pred, 0.93, 0.1, est, new_rows=100)  # est 0.956
+    assert est - new.bound == pytest.approx((est - pop.bound) * np.sqrt(1 + 400 / 100))
+    assert new.p_value > pop.p_value  # above the target, widening can only raise p
 
 
 def _synthetic(n=600, seed=0, wrong1=0.3, positive1=False):
@@ -164,6 +192,23 @@ def test_evaluate_reports_both_methods():
         assert r["relative_score"]["p05"] <= r["relative_score"]["p95"] and 1 <= r["avg_exit_layer"]["mean"] <= 3
 
 
+def test_guarantee_holds_on_unseen_halves_of_synthetic_data():
+    """The promise itself, on data where exit 1 loses accuracy smoothly with its threshold: the
+    certified policy's relative score on the other half reaches the target on >= 1 - delta of
+    the splits (allowing for 40 splits' own noise), while the point estimate's does about half
+    the time; certifying for the distribution (new_rows = inf) sits in between."""
+    outs, gold = _synthetic(n=1200, wrong1=0.15, seed=3)
+    j = _syn_judge(outs, gold)
+    ev = evaluate(j, "confidence", Target(relative_score=0.97), splits=40, resamples=300, seed=5)
+    ltt, point = ev["methods"]["ltt"], ev["methods"]["point"]
+    assert ev["new_rows"] == 600 and ltt["calibrated"] == 40
+    assert ltt["met"] >= 33 and point["met"] <= 30
+    assert ltt["avg_exit_layer"]["mean"] > point["avg_exit_layer"]["mean"]
+    pop = evaluate(j, "confidence", Target(relative_score=0.97), splits=40, resamples=300, seed=5,
+                   new_rows=float("inf"), methods=("ltt",))
+    assert ltt["met"] >= pop["methods"]["ltt"]["met"] and pop["new_rows"] is None
+
+
 def test_calibrate_cli_records_the_guarantee(art, data_dir, tmp_path):
     before = json.loads((art / "manifest.json").read_text())
     out = tmp_path / "cal.json"
@@ -173,12 +218,18 @@ def test_calibrate_cli_records_the_guarantee(art, data_dir, tmp_path):
     cal = after["default_policy"]["calibration"]
     assert cal["method"] == "ltt-bootstrap" and cal["delta"] == 0.1 and cal["rows"] == 32
     assert cal["target"] == {"relative_score": 0.9} and cal["bound"] >= 0.9
+    assert cal["new_rows"] == 32 and "32 new rows" in cal["guarantee"]  # default: as many as calibrated
     assert json.loads(out.read_text())["bound"] == cal["bound"]
     assert {k: v for k, v in after.items() if k != "default_policy"} == \
         {k: v for k, v in before.items() if k != "default_policy"}
     rt = EarlyExitModel(art, threads=1)  # checksums still verify; the default policy is the calibrated one
     assert rt.policy().threshold == pytest.approx(after["default_policy"]["threshold"])
     assert load_manifest(art).default_policy["calibration"]["bound"] == cal["bound"]
+    assert calibrate_main(["--artifact", str(art), "--data-dir", str(data_dir), "--target-relative-score", "0.9",
+                           "--resamples", "200", "--new-rows", "inf", "--dry-run", "--json-out", str(out)]) == 0
+    pop = json.loads(out.read_text())
+    assert pop["new_rows"] is None and "new rows" not in pop["guarantee"]
+    assert pop["result"]["avg_exit_layer"] <= cal["result"]["avg_exit_layer"] + 1e-9  # a weaker promise
 
 
 def test_calibrate_cli_avg_layer_and_text_input(art, data_dir, tmp_path):
@@ -229,6 +280,10 @@ def test_calibrate_errors(art, data_dir, capsys, tmp_path):
     with pytest.raises(SystemExit):
         calibrate_main(["--artifact", str(art), "--task", "rte", "--target-avg-layer", "1",
                         "--target-relative-score", "0.9"])
+    for bad_rows in ("0", "-3", "1.5", "many"):
+        with pytest.raises(SystemExit):
+            calibrate_main(["--artifact", str(art), "--target-relative-score", "0.9", "--new-rows", bad_rows])
+        assert "--new-rows" in capsys.readouterr().err
     rt = EarlyExitModel(art, threads=1)
     with pytest.raises(PolicyError, match="per-layer"):
         rt.policy("fixed", exit_layer=1, per_layer=[0.5, 0.5])

@@ -221,7 +221,7 @@ def test_unfused_and_int8_exports(rte_ckpt, data_dir, tmp_path):
     ops = op_counts(q / "layer_01.onnx")
     assert ops.get("DynamicQuantizeLinear", 0) + ops.get("MatMulInteger", 0) > 0
     mq = load_manifest(q)
-    assert mq.raw["precision"] == "int8" and mq.validation["atol"] == 0.5
+    assert mq.raw["precision"] == "int8" and mq.validation["atol"] == 1.0
     assert mq.optimization["int8"]["method"] == "onnxruntime quantize_dynamic"
     dev = load_split("rte", "dev", data_dir)
     a, b = EarlyExitModel(plain, threads=1), EarlyExitModel(q, threads=1)
