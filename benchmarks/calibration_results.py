@@ -39,9 +39,9 @@ def _machine() -> str:
 def run(art_root: Path, data_dir: str | None, targets, splits: int, resamples: int, delta: float,
         agreement: bool, previous: dict | None = None, save=None) -> dict:
     """`save(result)` is called after each artifact, so an interrupted run keeps what it finished."""
-    out = {"splits": splits, "resamples": resamples, "delta": delta, "machine": _machine(),
+    out = {"splits": splits, "resamples": resamples, "delta": delta, "certified_for": "held-out rows", "machine": _machine(),
            "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "artifacts": {}, "missing": []}
-    same = previous is not None and all(previous.get(k) == out[k] for k in ("splits", "resamples", "delta"))
+    same = previous is not None and all(previous.get(k) == out[k] for k in ("splits", "resamples", "delta", "certified_for"))
     for name in ARTIFACTS:
         art = art_root / name
         if same and name in (previous.get("artifacts") or {}):
@@ -88,12 +88,13 @@ def markdown(res: dict, command: str) -> str:
              f"policy on the other half. **met** = splits whose held-out value reached the target "
              f"(of those where a policy was found). Methods: `point` = the old point estimate (fastest threshold "
              f"meeting the target on the calibration half, per-layer thresholds when they win there); `ltt` = "
-             f"Learn-then-Test, single threshold, delta = {res['delta']} (paired bootstrap with "
-             f"{res['resamples']} resamples for relative score, exact binomial for agreement); `ltt-per-layer` = "
-             f"Learn-then-Test with per-layer thresholds searched on a quarter and certified on another quarter "
-             f"(delta/2 per family). Held-out value p05 / p50 / p95; layers saved = 1 - mean avg exit layer / layers. "
-             f"A held-out half is itself a finite sample, so even a policy meeting the target on the distribution "
-             f"misses it on some halves; the guarantee (>= 1 - delta) is about the distribution.\n")
+             f"Learn-then-Test, single threshold, delta = {res['delta']}, certifying the score of as many new rows "
+             f"as the held-out half has (`--new-rows`, the default; relative score: paired bootstrap with "
+             f"{res['resamples']} resamples, delta/2 for the distribution's score and delta/2 for the new rows' own "
+             f"noise; agreement: beta-binomial predictive test); "
+             f"`ltt-per-layer` = Learn-then-Test with per-layer thresholds searched on a quarter and certified on "
+             f"another quarter (delta/2 per family). Held-out value p05 / p50 / p95; layers saved = 1 - mean avg "
+             f"exit layer / layers. The promise: met on >= {1 - res['delta']:.0%} of the splits.\n")
     if res["missing"]:
         L.append(f"Artifacts not available when this ran: {', '.join(res['missing'])}.\n")
     L.append("| data set | metric | target | method | met | held-out value p05 / p50 / p95 | avg exit layer p50 | layers saved | per-layer chosen |")

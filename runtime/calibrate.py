@@ -7,7 +7,7 @@ with what it guarantees (runtime/calibration.py has the methods, runtime/bounds.
                               score / full-depth score >= R with probability >= 1 - delta, as
                               scored on a new set of rows as large as the calibration rows
                               (--new-rows N for N rows, 'inf' for the distribution's own score;
-                              predictive paired bootstrap, fixed-sequence test)
+                              paired bootstrap, fixed-sequence test; runtime/bounds.py)
   --target-agreement A        unlabelled rows too (--input texts.txt): the fastest threshold whose
                               answers equal the full-depth answers on >= A of new rows, with
                               probability >= 1 - delta (beta-binomial predictive test; exact

@@ -91,7 +91,8 @@ def test_paired_bootstrap_is_paired():
 
 def test_new_rows_tests_are_predictive():
     """With new_rows = M the binomial test is the beta-binomial tail of the losses among M new rows
-    (Jeffreys prior), and the bootstrap's deviations are exactly sqrt(1 + n / M) times wider."""
+    (Jeffreys prior); the bootstrap tests at delta / 2 against the target raised by an M-row
+    score's own low deviation (sqrt(n / M) times the estimate's), p doubled."""
     st = pytest.importorskip("scipy.stats")
     for m, a, b in ((10, 0.5, 20.5), (436, 3.5, 433.5), (1000, 0.5, 300.5)):
         np.testing.assert_allclose(beta_binomial_pmf(m, a, b), st.betabinom.pmf(np.arange(m + 1), m, a, b),
@@ -112,8 +113,11 @@ def test_new_rows_tests_are_predictive():
     bs = PairedBootstrap("accuracy", gold, full, resamples=300)
     est = float(np.mean(pred == gold) / np.mean(full == gold))
     pop, new = bs.test(pred, 0.93, 0.1, est), bs.test(pred, 0.93, 0.1, est, new_rows=100)  # est 0.956
-    assert est - new.bound == pytest.approx((est - pop.bound) * np.sqrt(1 + 400 / 100))
-    assert new.p_value > pop.p_value  # above the target, widening can only raise p
+    r = bs.relative(pred)
+    margin = -np.sqrt(400 / 100) * np.quantile(r - est, 0.05)
+    assert margin > 0 and new.bound == pytest.approx(np.quantile(r, 0.05) - margin)
+    assert new.p_value == pytest.approx(min(1, 2 * (1 + np.sum(r < 0.93 + margin)) / 301))
+    assert new.p_value > pop.p_value and new.bound < pop.bound
 
 
 def _synthetic(n=600, seed=0, wrong1=0.3, positive1=False):

@@ -259,7 +259,15 @@ def test_static_int8_answers_do_not_depend_on_the_batch(rte_ckpt, data_dir, tmp_
     assert m.precision == "int8" and rec["method"] == "onnxruntime quantize_static" and rec["rows"] == 40
     ops = op_counts(q / "layer_01.onnx")
     assert ops.get("QuantizeLinear", 0) > 0 and ops.get("DynamicQuantizeLinear", 0) == 0
-    assert not list(q.glob("*augmented*"))
+    assert ops.get("QAttention") == 1 and "Attention" not in ops  # the attention is int8, statically scaled
+    assert rec["attention"]["op"] == "QAttention" and rec["outputs"] == "fp32"
+    import onnx
+    g = onnx.load(str(q / "layer_01.onnx")).graph
+    made_by = {o: n.op_type for n in g.node for o in n.output}
+    for n in g.node:  # residual paths read fp32 tensors, never a dequantized activation
+        if n.op_type == "SkipLayerNormalization":
+            assert all(made_by.get(i) != "DequantizeLinear" for i in n.input[:2])
+    assert not list(q.glob("*augmented*")) and not list(q.glob("*.qatt.onnx"))
     rt = EarlyExitModel(q, threads=1)
     dev = load_split("rte", "dev", data_dir)
     pol = rt.policy("lte", threshold=float(np.median(rt.layer_outputs(rt.encode(dev.text_a, dev.text_b))[0].lte)))
