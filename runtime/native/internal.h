@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdatomic.h>
 
 #include "berxit.h"
 
@@ -22,7 +23,10 @@ typedef struct {
     const float *w, *b;
     float *packed;
     int32_t in, out;
+    int32_t act;                    /* BX_ACT_NONE, or BX_ACT_GELU: y = gelu(x W + b) */
 } bx_linear;
+#define BX_ACT_NONE 0
+#define BX_ACT_GELU 1
 
 typedef struct {
     bx_linear qkv, attn_out, ffn_in, ffn_out;
@@ -56,13 +60,14 @@ struct berxit_workspace {
     float *prev_value;
     unsigned char *done;
     /* a helper thread for the matrix products (berxit_set_threads(m, 2)); started on first use */
-    int32_t threads, helper_up, quit;
+    int32_t threads, helper_up;
     pthread_t helper;
     pthread_mutex_t tmu;
     pthread_cond_t cv_go, cv_done;
-    unsigned gen, finished;
+    atomic_uint gen, finished;      /* job generation posted / completed (spun on, then the condvars) */
+    atomic_int quit, helper_sleeping, caller_sleeping;
     const bx_linear *job_l;
-    const float *job_x;
+    const float *job_x, *job_res;
     float *job_y;
     int32_t job_rows;
     size_t job_p0, job_p1;
@@ -80,9 +85,12 @@ uint64_t bx_checksum(const unsigned char *p, size_t n);
 const char *bx_blas_name(void);
 int bx_pack(bx_linear *l);          /* builtin sgemm: pack W into panels (no-op with BLAS) */
 size_t bx_panels(const bx_linear *l);
-void bx_linear_panels(const bx_linear *l, const float *x, int32_t rows, float *y, size_t p0, size_t p1);
-/* threads.c: y = x W + b, the panels split between the calling thread and the workspace's helper */
-void bx_linear_forward(berxit_workspace *ws, const bx_linear *l, const float *x, int32_t rows, float *y);
+/* y = act(x W + b (+ res)) for the column panels [p0, p1); res: NULL or [rows, out] added before act */
+void bx_linear_panels(const bx_linear *l, const float *x, int32_t rows, float *y, const float *res, size_t p0,
+                      size_t p1);
+/* threads.c: the same for all panels, split between the calling thread and the workspace's helper */
+void bx_linear_forward(berxit_workspace *ws, const bx_linear *l, const float *x, int32_t rows, float *y,
+                       const float *res);
 void bx_threads_stop(berxit_workspace *ws);
 
 /* forward.c */
