@@ -48,12 +48,18 @@ void bx_linear_panels(const bx_linear *l, const float *x, int32_t rows, float *y
 #if defined(__AVX512F__)
 #define VW 16
 #define MR 8
-#else
+#elif defined(__AVX__)
 #define VW 8
+#define MR 6
+#else /* SSE / NEON: 16-byte vectors (12 accumulators in 16 registers) */
+#define VW 4
 #define MR 6
 #endif
 #define NR (2 * VW)
 #define KC 256
+#ifndef BX_PREFETCH
+#define BX_PREFETCH 256 /* floats ahead in the packed stream (16 k rows, 1 KiB) */
+#endif
 
 typedef float v8 __attribute__((vector_size(VW * 4)));
 typedef float v8u __attribute__((vector_size(VW * 4), aligned(4), may_alias)); /* unaligned loads / stores */
@@ -62,17 +68,29 @@ typedef float v8u __attribute__((vector_size(VW * 4), aligned(4), may_alias)); /
 
 const char *bx_blas_name(void) { return "builtin"; }
 
+/* W packed K block by K block, and within a block panel by panel (each k row of a panel: NR
+ * contiguous columns): block [k0, k1) of panel p starts at k0 * Npad + p * (k1 - k0) * NR, so a
+ * product reads the packed weights front to back (at batch 1 they stream from memory: the
+ * hardware prefetchers and the kernel's prefetches see one sequential stream per thread). */
+static size_t block_offset(size_t K, size_t panels, size_t k0, size_t p) {
+    size_t k1 = k0 + KC < K ? k0 + KC : K;
+    return k0 * panels * NR + p * (k1 - k0) * NR;
+}
+
 int bx_pack(bx_linear *l) {
     size_t K = (size_t)l->in, N = (size_t)l->out, panels = (N + NR - 1) / NR;
     l->packed = aligned_alloc(64, panels * K * NR * sizeof(float));
     if (!l->packed) return BERXIT_ERR_NOMEM;
-    for (size_t p = 0; p < panels; p++) {
-        float *dst = l->packed + p * K * NR;
-        for (size_t k = 0; k < K; k++)
-            for (size_t j = 0; j < NR; j++) {
-                size_t col = p * NR + j;
-                dst[k * NR + j] = col < N ? l->w[k * N + col] : 0.0f;
-            }
+    for (size_t k0 = 0; k0 < K; k0 += KC) {
+        size_t k1 = k0 + KC < K ? k0 + KC : K;
+        for (size_t p = 0; p < panels; p++) {
+            float *dst = l->packed + block_offset(K, panels, k0, p);
+            for (size_t k = k0; k < k1; k++)
+                for (size_t j = 0; j < NR; j++) {
+                    size_t col = p * NR + j;
+                    dst[(k - k0) * NR + j] = col < N ? l->w[k * N + col] : 0.0f;
+                }
+        }
     }
     return BERXIT_OK;
 }
@@ -107,7 +125,9 @@ static inline __attribute__((always_inline)) void kernel_fma(const float *x, siz
         a[r] = x + (size_t)r * K;
     }
     for (size_t k = k0; k < k1; k++) {
-        __m256 b0 = _mm256_load_ps(bp + k * NR), b1 = _mm256_load_ps(bp + k * NR + 8);
+        const float *bk = bp + (k - k0) * NR;
+        _mm_prefetch((const char *)(bk + BX_PREFETCH), _MM_HINT_T0);
+        __m256 b0 = _mm256_load_ps(bk), b1 = _mm256_load_ps(bk + 8);
         BX_UNROLL for (int r = 0; r < mr; r++) {
             __m256 av = _mm256_broadcast_ss(a[r] + k);
             c0[r] = _mm256_fmadd_ps(av, b0, c0[r]);
@@ -145,7 +165,7 @@ static void kernel(const float *x, size_t K, const float *bp, size_t k0, size_t 
     const float *a[MR];
     for (int r = 0; r < MR; r++) a[r] = x + (size_t)(r < mr ? r : 0) * K;
     for (size_t k = k0; k < k1; k++) {
-        v8 b0 = ld(bp + k * NR), b1 = ld(bp + k * NR + VW);
+        v8 b0 = ld(bp + (k - k0) * NR), b1 = ld(bp + (k - k0) * NR + VW);
         for (int r = 0; r < MR; r++) {
             v8 av = (v8){0} + a[r][k];
             c[r][0] += av * b0;
@@ -166,13 +186,13 @@ size_t bx_panels(const bx_linear *l) { return ((size_t)l->out + NR - 1) / NR; }
 /* columns of panels [p0, p1) of y = act(x W + b (+ res)) */
 void bx_linear_panels(const bx_linear *l, const float *x, int32_t rows, float *y, const float *res, size_t p0,
                       size_t p1) {
-    size_t K = (size_t)l->in, N = (size_t)l->out;
+    size_t K = (size_t)l->in, N = (size_t)l->out, panels = bx_panels(l);
     float bias_pad[NR], buf[MR][NR];
     for (size_t k0 = 0; k0 < K; k0 += KC) {
         size_t k1 = k0 + KC < K ? k0 + KC : K;
         int gelu = l->act == BX_ACT_GELU && k1 == K;
         for (size_t p = p0; p < p1; p++) {
-            const float *bp = l->packed + p * K * NR;
+            const float *bp = l->packed + block_offset(K, panels, k0, p);
             size_t n0 = p * NR, nn = N - n0 < NR ? N - n0 : NR;
             if (k0 == 0 && !res)
                 for (size_t j = 0; j < NR; j++) bias_pad[j] = j < nn ? l->b[n0 + j] : 0.0f;

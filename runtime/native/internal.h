@@ -92,11 +92,15 @@ void bx_linear_panels(const bx_linear *l, const float *x, int32_t rows, float *y
 void bx_linear_forward(berxit_workspace *ws, const bx_linear *l, const float *x, int32_t rows, float *y,
                        const float *res);
 void bx_threads_stop(berxit_workspace *ws);
+/* attention of all heads (split between the two threads like the products) */
+void bx_attention_forward(berxit_workspace *ws);
 
 /* forward.c */
 int bx_ws_reserve(berxit_workspace *ws, size_t rows, size_t seq);
 void bx_embed(berxit_workspace *ws, const int64_t *ids, const int64_t *tt, const int64_t *mask, int32_t seq);
 void bx_layer_forward(berxit_workspace *ws, int32_t i);
+/* heads [h0, h1) of every live row: ctx from qkv; sc [cap_seq + 8], kt [(cap_seq + 8) * head dim] scratch */
+void bx_attention_heads(berxit_workspace *ws, int32_t h0, int32_t h1, float *sc, float *kt);
 void bx_head_forward(berxit_workspace *ws, int32_t exit_index, float *out);
 void bx_keep_rows(berxit_workspace *ws, const int32_t *rows, int32_t n);
 

@@ -59,7 +59,11 @@ static void *helper_main(void *p) {
         }
         if (atomic_load(&ws->quit)) break;
         seen = atomic_load(&ws->gen);
-        bx_linear_panels(ws->job_l, ws->job_x, ws->job_rows, ws->job_y, ws->job_res, ws->job_p0, ws->job_p1);
+        if (ws->job_l)
+            bx_linear_panels(ws->job_l, ws->job_x, ws->job_rows, ws->job_y, ws->job_res, ws->job_p0, ws->job_p1);
+        else
+            bx_attention_heads(ws, (int32_t)ws->job_p0, (int32_t)ws->job_p1, ws->scores + ws->cap_seq + 8,
+                               ws->kt + (ws->cap_seq + 8) * (size_t)(ws->m->cfg.hidden / ws->m->cfg.heads));
         atomic_store(&ws->finished, seen);
         if (atomic_load(&ws->caller_sleeping)) {
             pthread_mutex_lock(&ws->tmu);
@@ -86,24 +90,8 @@ static int start_helper(berxit_workspace *ws) {
     return 1;
 }
 
-void bx_linear_forward(berxit_workspace *ws, const bx_linear *l, const float *x, int32_t rows, float *y,
-                       const float *res) {
-    size_t panels = bx_panels(l);
-    /* small products (exit heads, tiny models) are not worth a hand-off */
-    if (ws->threads < 2 || panels < 2 || (size_t)rows * l->in * l->out < (1u << 16)) {
-        bx_linear_panels(l, x, rows, y, res, 0, panels);
-        return;
-    }
-    if (!ws->helper_up) {
-        ws->helper_up = start_helper(ws) ? 1 : -1; /* -1: no thread could be made: one thread from now on */
-    }
-    if (ws->helper_up < 0) {
-        bx_linear_panels(l, x, rows, y, res, 0, panels);
-        return;
-    }
-    size_t half = panels / 2;
-    ws->job_l = l; ws->job_x = x; ws->job_y = y; ws->job_res = res; ws->job_rows = rows;
-    ws->job_p0 = half; ws->job_p1 = panels;
+/* the helper's part: posted, run by the caller's part, then waited for */
+static unsigned post(berxit_workspace *ws) {
     unsigned g = atomic_load(&ws->gen) + 1;
     atomic_store(&ws->gen, g); /* publishes the job fields (release, as seq_cst) */
     if (atomic_load(&ws->helper_sleeping)) {
@@ -111,7 +99,10 @@ void bx_linear_forward(berxit_workspace *ws, const bx_linear *l, const float *x,
         pthread_cond_signal(&ws->cv_go);
         pthread_mutex_unlock(&ws->tmu);
     }
-    bx_linear_panels(l, x, rows, y, res, 0, half);
+    return g;
+}
+
+static void wait_helper(berxit_workspace *ws, unsigned g) {
     if (!spin_until(&ws->finished, g, 1, NULL, CALLER_SPIN_NS)) {
         pthread_mutex_lock(&ws->tmu);
         atomic_store(&ws->caller_sleeping, 1);
@@ -119,6 +110,42 @@ void bx_linear_forward(berxit_workspace *ws, const bx_linear *l, const float *x,
         atomic_store(&ws->caller_sleeping, 0);
         pthread_mutex_unlock(&ws->tmu);
     }
+}
+
+static int helper_ready(berxit_workspace *ws) {
+    if (ws->threads < 2) return 0;
+    if (!ws->helper_up) ws->helper_up = start_helper(ws) ? 1 : -1; /* -1: no thread could be made: one from now on */
+    return ws->helper_up > 0;
+}
+
+void bx_linear_forward(berxit_workspace *ws, const bx_linear *l, const float *x, int32_t rows, float *y,
+                       const float *res) {
+    size_t panels = bx_panels(l);
+    /* small products (exit heads, tiny models) are not worth a hand-off */
+    if (ws->threads < 2 || panels < 2 || (size_t)rows * l->in * l->out < (1u << 16) || !helper_ready(ws)) {
+        bx_linear_panels(l, x, rows, y, res, 0, panels);
+        return;
+    }
+    size_t half = panels / 2;
+    ws->job_l = l; ws->job_x = x; ws->job_y = y; ws->job_res = res; ws->job_rows = rows;
+    ws->job_p0 = half; ws->job_p1 = panels;
+    unsigned g = post(ws);
+    bx_linear_panels(l, x, rows, y, res, 0, half);
+    wait_helper(ws, g);
+}
+
+/* attention over all heads; with two threads the helper takes the second half of the heads
+ * (its own scratch: the second halves of `scores` and `kt`) */
+void bx_attention_forward(berxit_workspace *ws) {
+    int32_t nh = ws->m->cfg.heads;
+    if (nh < 2 || ws->tokens < 8 || !helper_ready(ws)) {
+        bx_attention_heads(ws, 0, nh, ws->scores, ws->kt);
+        return;
+    }
+    ws->job_l = NULL; ws->job_p0 = (size_t)(nh / 2); ws->job_p1 = (size_t)nh;
+    unsigned g = post(ws);
+    bx_attention_heads(ws, 0, nh / 2, ws->scores, ws->kt);
+    wait_helper(ws, g);
 }
 
 void bx_threads_stop(berxit_workspace *ws) {
