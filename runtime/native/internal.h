@@ -64,13 +64,15 @@ struct berxit_workspace {
     pthread_t helper;
     pthread_mutex_t tmu;
     pthread_cond_t cv_go, cv_done;
-    atomic_uint gen, finished;      /* job generation posted / completed (spun on, then the condvars) */
+    atomic_uint gen;                /* job generation posted (the helper spins on it, then sleeps) */
+    atomic_ullong next;             /* (generation << 32) | next unit to claim: both threads claim chunks */
+    atomic_uint done_units;         /* units of the current job completed */
+    atomic_uint job_units, job_chunk; /* read by a claimer that may be a job late: atomic */
     atomic_int quit, helper_sleeping, caller_sleeping;
     const bx_linear *job_l;
     const float *job_x, *job_res;
     float *job_y;
     int32_t job_rows;
-    size_t job_p0, job_p1;
     char err[BX_ERR_LEN];
 };
 

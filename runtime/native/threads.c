@@ -1,13 +1,17 @@
-/* Two threads for the builtin sgemm: a workspace may own one helper thread (berxit_set_threads
- * 2) that computes the second half of each matrix product's column panels while the calling
- * thread computes the first half; both stream half of the weights (at batch 1 the products are
- * bound by memory bandwidth as much as by arithmetic). Hand-offs go through two atomic
- * generation counters: the helper spins on `gen` for a bounded time after each product (a
- * forward pass posts the next product within microseconds), then sleeps on a condition
- * variable; the caller likewise spins a bounded time for `finished`. The sleeping side sets a
- * flag under the mutex before its last check, so a post is never lost (sequentially
- * consistent atomics on both sides). The helper is joined when the workspace is freed. */
+/* Two threads for the builtin sgemm and the attention: a workspace may own one helper thread
+ * (berxit_set_threads 2). Each matrix product (units: column panels) and each attention (units:
+ * heads) is cut into chunks that both threads claim from one atomic counter, so the work is
+ * shared when the helper runs, and the calling thread does it alone when the helper is slow to
+ * start (another process's threads on the other core): the caller only ever waits for chunks
+ * the helper has already claimed. The counter carries the job's generation in its high bits, so
+ * a late claim on a finished job fails. Hand-offs: the helper spins on `gen` for a bounded time
+ * after each job (a forward pass posts the next one within microseconds), then sleeps on a
+ * condition variable; the caller likewise spins a bounded time for the helper's last chunk. The
+ * sleeping side sets a flag under the mutex before its last check, so a wake-up is never lost
+ * (sequentially consistent atomics on both sides). The helper is joined when the workspace is
+ * freed. */
 #define _POSIX_C_SOURCE 200809L
+#include <stdint.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -46,6 +50,33 @@ static int spin_until(atomic_uint *v, unsigned val, int equal, const atomic_int 
     }
 }
 
+static void run_unit(berxit_workspace *ws, int helper, uint32_t u0, uint32_t u1) {
+    if (ws->job_l) {
+        bx_linear_panels(ws->job_l, ws->job_x, ws->job_rows, ws->job_y, ws->job_res, u0, u1);
+    } else {
+        size_t d = (size_t)(ws->m->cfg.hidden / ws->m->cfg.heads), off = helper ? ws->cap_seq + 8 : 0;
+        bx_attention_heads(ws, (int32_t)u0, (int32_t)u1, ws->scores + off, ws->kt + off * d);
+    }
+}
+
+/* run chunks of job generation g until none is left; 1 if this thread completed the job's last unit */
+static int work(berxit_workspace *ws, unsigned g, int helper) {
+    int last = 0;
+    for (;;) {
+        unsigned long long v = atomic_load(&ws->next);
+        if ((unsigned)(v >> 32) != g) break;
+        uint32_t u0 = (uint32_t)v;
+        uint32_t units = atomic_load(&ws->job_units), chunk = atomic_load(&ws->job_chunk);
+        if (u0 >= units) break; /* (units of a newer job: the exchange below fails) */
+        uint32_t u1 = u0 + chunk < units ? u0 + chunk : units;
+        if (!atomic_compare_exchange_weak(&ws->next, &v, ((unsigned long long)g << 32) | u1)) continue;
+        /* claimed: the job cannot finish (nor its fields change) before this chunk is counted */
+        run_unit(ws, helper, u0, u1);
+        if (atomic_fetch_add(&ws->done_units, u1 - u0) + (u1 - u0) == units) last = 1;
+    }
+    return last;
+}
+
 static void *helper_main(void *p) {
     berxit_workspace *ws = p;
     unsigned seen = 0;
@@ -59,13 +90,7 @@ static void *helper_main(void *p) {
         }
         if (atomic_load(&ws->quit)) break;
         seen = atomic_load(&ws->gen);
-        if (ws->job_l)
-            bx_linear_panels(ws->job_l, ws->job_x, ws->job_rows, ws->job_y, ws->job_res, ws->job_p0, ws->job_p1);
-        else
-            bx_attention_heads(ws, (int32_t)ws->job_p0, (int32_t)ws->job_p1, ws->scores + ws->cap_seq + 8,
-                               ws->kt + (ws->cap_seq + 8) * (size_t)(ws->m->cfg.hidden / ws->m->cfg.heads));
-        atomic_store(&ws->finished, seen);
-        if (atomic_load(&ws->caller_sleeping)) {
+        if (work(ws, seen, 1) && atomic_load(&ws->caller_sleeping)) {
             pthread_mutex_lock(&ws->tmu);
             pthread_cond_signal(&ws->cv_done);
             pthread_mutex_unlock(&ws->tmu);
@@ -79,7 +104,8 @@ static int start_helper(berxit_workspace *ws) {
     if (pthread_cond_init(&ws->cv_go, NULL)) { pthread_mutex_destroy(&ws->tmu); return 0; }
     if (pthread_cond_init(&ws->cv_done, NULL)) { pthread_cond_destroy(&ws->cv_go); pthread_mutex_destroy(&ws->tmu); return 0; }
     atomic_store(&ws->gen, 0);
-    atomic_store(&ws->finished, 0);
+    atomic_store(&ws->next, 0);
+    atomic_store(&ws->done_units, 0);
     atomic_store(&ws->quit, 0);
     atomic_store(&ws->helper_sleeping, 0);
     atomic_store(&ws->caller_sleeping, 0);
@@ -90,23 +116,24 @@ static int start_helper(berxit_workspace *ws) {
     return 1;
 }
 
-/* the helper's part: posted, run by the caller's part, then waited for */
-static unsigned post(berxit_workspace *ws) {
+/* post the job (its fields set), share its chunks, wait for the helper's claimed ones */
+static void run_job(berxit_workspace *ws, uint32_t units, uint32_t chunk) {
     unsigned g = atomic_load(&ws->gen) + 1;
-    atomic_store(&ws->gen, g); /* publishes the job fields (release, as seq_cst) */
+    atomic_store(&ws->job_units, units);
+    atomic_store(&ws->job_chunk, chunk);
+    atomic_store(&ws->done_units, 0);
+    atomic_store(&ws->next, (unsigned long long)g << 32);
+    atomic_store(&ws->gen, g); /* publishes the job (seq_cst) */
     if (atomic_load(&ws->helper_sleeping)) {
         pthread_mutex_lock(&ws->tmu);
         pthread_cond_signal(&ws->cv_go);
         pthread_mutex_unlock(&ws->tmu);
     }
-    return g;
-}
-
-static void wait_helper(berxit_workspace *ws, unsigned g) {
-    if (!spin_until(&ws->finished, g, 1, NULL, CALLER_SPIN_NS)) {
+    work(ws, g, 0);
+    if (!spin_until(&ws->done_units, units, 1, NULL, CALLER_SPIN_NS)) {
         pthread_mutex_lock(&ws->tmu);
         atomic_store(&ws->caller_sleeping, 1);
-        while (atomic_load(&ws->finished) != g) pthread_cond_wait(&ws->cv_done, &ws->tmu);
+        while (atomic_load(&ws->done_units) != units) pthread_cond_wait(&ws->cv_done, &ws->tmu);
         atomic_store(&ws->caller_sleeping, 0);
         pthread_mutex_unlock(&ws->tmu);
     }
@@ -122,30 +149,26 @@ void bx_linear_forward(berxit_workspace *ws, const bx_linear *l, const float *x,
                        const float *res) {
     size_t panels = bx_panels(l);
     /* small products (exit heads, tiny models) are not worth a hand-off */
-    if (ws->threads < 2 || panels < 2 || (size_t)rows * l->in * l->out < (1u << 16) || !helper_ready(ws)) {
+    if (ws->threads < 2 || panels < 2 || panels > UINT32_MAX || (size_t)rows * l->in * l->out < (1u << 16) ||
+        !helper_ready(ws)) {
         bx_linear_panels(l, x, rows, y, res, 0, panels);
         return;
     }
-    size_t half = panels / 2;
     ws->job_l = l; ws->job_x = x; ws->job_y = y; ws->job_res = res; ws->job_rows = rows;
-    ws->job_p0 = half; ws->job_p1 = panels;
-    unsigned g = post(ws);
-    bx_linear_panels(l, x, rows, y, res, 0, half);
-    wait_helper(ws, g);
+    size_t chunk = (panels + 11) / 12; /* about 12 chunks a product */
+    run_job(ws, (uint32_t)panels, (uint32_t)chunk);
 }
 
-/* attention over all heads; with two threads the helper takes the second half of the heads
- * (its own scratch: the second halves of `scores` and `kt`) */
+/* attention over all heads (one head a chunk; the helper has its own scratch: the second
+ * halves of `scores` and `kt`) */
 void bx_attention_forward(berxit_workspace *ws) {
     int32_t nh = ws->m->cfg.heads;
     if (nh < 2 || ws->tokens < 8 || !helper_ready(ws)) {
         bx_attention_heads(ws, 0, nh, ws->scores, ws->kt);
         return;
     }
-    ws->job_l = NULL; ws->job_p0 = (size_t)(nh / 2); ws->job_p1 = (size_t)nh;
-    unsigned g = post(ws);
-    bx_attention_heads(ws, 0, nh / 2, ws->scores, ws->kt);
-    wait_helper(ws, g);
+    ws->job_l = NULL;
+    run_job(ws, (uint32_t)nh, 1);
 }
 
 void bx_threads_stop(berxit_workspace *ws) {
