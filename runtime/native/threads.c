@@ -17,8 +17,12 @@
 
 #include "internal.h"
 
-#define HELPER_SPIN_NS 100000L  /* the helper waits this long for the next product before sleeping */
-#define CALLER_SPIN_NS 2000000L /* the caller waits this long for the helper's half before sleeping */
+#ifndef HELPER_SPIN_NS
+#define HELPER_SPIN_NS 100000L /* the helper waits this long for the next job before sleeping */
+#endif
+#ifndef CALLER_SPIN_NS
+#define CALLER_SPIN_NS 1000000L /* the caller waits this long for the helper's last chunk before sleeping */
+#endif
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)

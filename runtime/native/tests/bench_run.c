@@ -1,5 +1,7 @@
 /* One row of SEQ tokens through berxit_run (no exit check: every layer), best and median of
- * 7 x ITERS calls.   bench_run ARTIFACT_DIR SEQ THREADS ITERS
+ * 7 x ITERS calls.   bench_run ARTIFACT_DIR SEQ THREADS ITERS [FLUSH_MIB]
+ * FLUSH_MIB > 0: write that many MiB between calls (untimed), so the weights come from memory
+ * as they do when other models run in between (the weights do not fit the last-level cache)
  * Build: cc -std=c11 -O3 -march=native -Iruntime/native runtime/native/tests/bench_run.c \
  *        runtime/native/[a-z]*.c -lm -lpthread */
 #define _POSIX_C_SOURCE 200809L
@@ -24,15 +26,22 @@ int main(int argc, char **argv) {
     int32_t label, layer, status;
     berxit_result res = {&label, NULL, &layer, &status, logits, NULL, NULL, NULL};
     berxit_policy pol = {BERXIT_POLICY_NONE, 0.0f, 0, 0, NULL, 0};
+    size_t flush = argc > 5 ? (size_t)atoi(argv[5]) << 20 : 0;
+    unsigned char *junk = flush ? malloc(flush) : NULL;
     double t[7];
     for (int rep = 0; rep < 7; rep++) {
-        double t0 = now();
-        for (int i = 0; i < iters; i++)
+        double sum = 0.0;
+        for (int i = 0; i < iters; i++) {
+            if (junk) for (size_t k = 0; k < flush; k += 64) junk[k] = (unsigned char)(junk[k] + 1);
+            double t0 = now();
             if (berxit_run(m, ids, tt, mask, 1, seq, &pol, &res) != BERXIT_OK) { fprintf(stderr, "%s\n", berxit_errmsg(m)); return 1; }
-        t[rep] = (now() - t0) / iters * 1e3;
+            sum += now() - t0;
+        }
+        t[rep] = sum / iters * 1e3;
     }
     qsort(t, 7, sizeof t[0], cmp);
     printf("seq=%d threads=%d: best %.3f ms, median %.3f ms (logit0 %.6f label %d)\n", seq, threads, t[0], t[3], logits[0], label);
+    free(junk);
     berxit_close(m);
     return 0;
 }
