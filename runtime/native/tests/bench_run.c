@@ -34,14 +34,18 @@ int main(int argc, char **argv) {
         for (int i = 0; i < iters; i++) {
             if (junk) for (size_t k = 0; k < flush; k += 64) junk[k] = (unsigned char)(junk[k] + 1);
             double t0 = now();
-            if (berxit_run(m, ids, tt, mask, 1, seq, &pol, &res) != BERXIT_OK) { fprintf(stderr, "%s\n", berxit_errmsg(m)); return 1; }
+            if (berxit_run(m, ids, tt, mask, 1, seq, &pol, &res) != BERXIT_OK) {
+                fprintf(stderr, "%s\n", berxit_errmsg(m));
+                free(junk); free(ids); free(tt); free(mask); berxit_close(m);
+                return 1;
+            }
             sum += now() - t0;
         }
         t[rep] = sum / iters * 1e3;
     }
     qsort(t, 7, sizeof t[0], cmp);
     printf("seq=%d threads=%d: best %.3f ms, median %.3f ms (logit0 %.6f label %d)\n", seq, threads, t[0], t[3], logits[0], label);
-    free(junk);
+    free(junk); free(ids); free(tt); free(mask);
     berxit_close(m);
     return 0;
 }
