@@ -63,6 +63,7 @@ static int open_file_buffer(unsigned char *file, size_t size, berxit_model **out
     int rc = bx_load_weights(m, open_err);
     for (int32_t i = 0; rc == BERXIT_OK && i < m->cfg.layers; i++) {
         bx_layer *L = &m->layer[i];
+        L->ffn_in.act = BX_ACT_GELU; /* gelu(x W1 + b1) in the product's epilogue (cfg.activation 0: erf GELU) */
         if (bx_pack(&L->qkv) || bx_pack(&L->attn_out) || bx_pack(&L->ffn_in) || bx_pack(&L->ffn_out))
             rc = bx_fail(open_err, BERXIT_ERR_NOMEM, "out of memory packing the weights");
     }

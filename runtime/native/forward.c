@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "simd.h"
 
 static void *grow(void *p, size_t n, size_t elem, int *ok) {
     if (!*ok) return p;
@@ -42,8 +43,8 @@ int bx_ws_reserve(berxit_workspace *ws, size_t rows, size_t seq) {
         ws->cap_tokens = tokens;
     }
     if (seq > ws->cap_seq) {
-        ws->scores = grow(ws->scores, seq, sizeof(float), &ok);
-        ws->kt = grow(ws->kt, seq * (size_t)(c->hidden / c->heads), sizeof(float), &ok);
+        ws->scores = grow(ws->scores, 2 * (seq + 8), sizeof(float), &ok); /* per thread: [seq + 8] */
+        ws->kt = grow(ws->kt, 2 * (seq + 8) * (size_t)(c->hidden / c->heads), sizeof(float), &ok);
         if (!ok) { ws->cap_seq = 0; return BERXIT_ERR_NOMEM; }
         ws->cap_seq = seq;
     }
@@ -65,8 +66,31 @@ int bx_ws_reserve(berxit_workspace *ws, size_t rows, size_t seq) {
     return BERXIT_OK;
 }
 
-/* y = LN(x) * w + b over H values (two passes, double accumulators) */
+/* y = LN(x) * w + b over H values (two passes: the mean, then the centred squares) */
 static void layer_norm(float *y, const float *x, const float *w, const float *b, int32_t H, float eps) {
+#ifdef BX_AVX2
+    if (H % 16 == 0) { /* float lanes, 16 partial sums: 384 values lose nothing measurable against double */
+        __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+        for (int32_t j = 0; j < H; j += 16) {
+            s0 = _mm256_add_ps(s0, _mm256_loadu_ps(x + j));
+            s1 = _mm256_add_ps(s1, _mm256_loadu_ps(x + j + 8));
+        }
+        float mean = bx_hsum8(_mm256_add_ps(s0, s1)) / (float)H;
+        __m256 mv = _mm256_set1_ps(mean), v0 = _mm256_setzero_ps(), v1 = _mm256_setzero_ps();
+        for (int32_t j = 0; j < H; j += 16) {
+            __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(x + j), mv), d1 = _mm256_sub_ps(_mm256_loadu_ps(x + j + 8), mv);
+            v0 = _mm256_fmadd_ps(d0, d0, v0);
+            v1 = _mm256_fmadd_ps(d1, d1, v1);
+        }
+        float var = bx_hsum8(_mm256_add_ps(v0, v1)) / (float)H;
+        __m256 inv = _mm256_set1_ps((float)(1.0 / sqrt((double)var + (double)eps)));
+        for (int32_t j = 0; j < H; j += 8) {
+            __m256 d = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + j), mv), inv);
+            _mm256_storeu_ps(y + j, _mm256_fmadd_ps(d, _mm256_loadu_ps(w + j), _mm256_loadu_ps(b + j)));
+        }
+        return;
+    }
+#endif
     double s = 0.0, v = 0.0;
     for (int32_t j = 0; j < H; j++) s += x[j];
     float mean = (float)(s / H);
@@ -95,93 +119,149 @@ void bx_embed(berxit_workspace *ws, const int64_t *ids, const int64_t *tt, const
     ws->tokens = t;
 }
 
-/* exp(x) for x <= 0, branch free (vectorizes): 2^n * p(r), |r| <= ln2 / 2, rel. error ~2e-7 */
-static inline float exp_neg(float x) {
-    float keep = x == x ? 1.0f : x; /* NaN in, NaN out (as the graphs give) */
-    x = x >= -87.0f ? (x <= 0.0f ? x : 0.0f) : -87.0f; /* NaN and -inf -> -87: a defined int conversion */
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest, no libm call */
-    float r = x - n * 0.693145751953125f - n * 1.428606765330187e-06f;
-    float p = 1.0f + r * (1.0f + r * (0.5f + r * (0.16666666f + r * (0.041666418f + r * (0.0083333949f
-              + r * 0.0013888889f)))));
-    int32_t e = ((int32_t)n + 127) << 23;
-    float s;
-    memcpy(&s, &e, 4);
-    return p * s * keep;
-}
-
 /* softmax(q k^T / sqrt(d)) v per row and head. K of the head is first copied transposed
  * ([d, n], into `kt`), so the scores of one query are n independent accumulators over
- * contiguous memory (vectorizable without reassociating float sums), as is the context. */
-static void attention(berxit_workspace *ws) {
-    const bx_config *c = &ws->m->cfg;
-    int32_t H = c->hidden, nh = c->heads, d = H / nh;
-    float scale = 1.0f / sqrtf((float)d), *sc = ws->scores, *kt = ws->kt;
-    for (int32_t r = 0; r < ws->rows; r++) {
-        int32_t n = ws->len[r];
-        const float *base = ws->qkv + (size_t)ws->start[r] * 3 * H;
-        for (int32_t h = 0; h < nh; h++) {
-            for (int32_t j = 0; j < n; j++) {
-                const float *k = base + (size_t)j * 3 * H + H + h * d;
-                for (int32_t u = 0; u < d; u++) kt[(size_t)u * n + j] = k[u];
-            }
-            for (int32_t i = 0; i < n; i++) {
-                const float *q = base + (size_t)i * 3 * H + h * d;
-                for (int32_t j = 0; j < n; j++) sc[j] = 0.0f;
-                for (int32_t u = 0; u < d; u++) {
-                    float qu = q[u];
-                    const float *ku = kt + (size_t)u * n;
-                    for (int32_t j = 0; j < n; j++) sc[j] += qu * ku[j];
-                }
-                float mx = -INFINITY;
-                for (int32_t j = 0; j < n; j++) { sc[j] *= scale; mx = sc[j] > mx ? sc[j] : mx; }
-                float sum = 0.0f;
-                for (int32_t j = 0; j < n; j++) sc[j] = exp_neg(sc[j] - mx);
-                for (int32_t j = 0; j < n; j++) sum += sc[j];
-                float inv = 1.0f / sum, *o = ws->ctx + (size_t)(ws->start[r] + i) * H + h * d;
-                for (int32_t u = 0; u < d; u++) o[u] = 0.0f;
-                for (int32_t j = 0; j < n; j++) {
-                    const float *v = base + (size_t)j * 3 * H + 2 * H + h * d;
-                    float p = sc[j] * inv;
-                    for (int32_t u = 0; u < d; u++) o[u] += p * v[u];
-                }
-            }
-        }
+ * contiguous memory (vectorizable without reassociating float sums), as is the context.
+ * Heads [h0, h1) with scratch sc [seq + 8], kt [d * (seq + 8)] (two threads split the heads). */
+static void attention_scalar_query(const float *q, const float *kt, size_t ldk, const float *vbase, size_t ldv,
+                                   int32_t n, int32_t d, float scale, float *sc, float *o) {
+    for (int32_t j = 0; j < n; j++) sc[j] = 0.0f;
+    for (int32_t u = 0; u < d; u++) {
+        float qu = q[u];
+        const float *ku = kt + (size_t)u * ldk;
+        for (int32_t j = 0; j < n; j++) sc[j] += qu * ku[j];
+    }
+    float mx = -INFINITY;
+    for (int32_t j = 0; j < n; j++) { sc[j] *= scale; mx = sc[j] > mx ? sc[j] : mx; }
+    float sum = 0.0f;
+    for (int32_t j = 0; j < n; j++) sc[j] = bx_exp_neg(sc[j] - mx);
+    for (int32_t j = 0; j < n; j++) sum += sc[j];
+    float inv = 1.0f / sum;
+    for (int32_t u = 0; u < d; u++) o[u] = 0.0f;
+    for (int32_t j = 0; j < n; j++) {
+        const float *v = vbase + (size_t)j * ldv;
+        float p = sc[j] * inv;
+        for (int32_t u = 0; u < d; u++) o[u] += p * v[u];
     }
 }
 
-/* GELU with erf (not the tanh form): erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7, as
- * onnxruntime's own vectorized erf is an approximation at float precision too) */
-static void gelu(float *v, size_t n) {
-    for (size_t k = 0; k < n; k++) {
-        float x = v[k], z = x * 0.70710678118654752f, a = z < 0.0f ? -z : z;
-        float t = 1.0f / (1.0f + 0.3275911f * a);
-        float y = 1.0f - t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f
-                  + t * 1.061405429f)))) * exp_neg(-a * a);
-        v[k] = 0.5f * x * (1.0f + (z < 0.0f ? -y : y));
+#ifdef BX_AVX2
+/* one query, d % 8 == 0 and d <= 64: scores 32 keys at a time in registers, the softmax and the
+ * context in vectors; a query whose scores hold NaN goes the scalar way (NaN in, NaN out) */
+static void attention_query8(const float *q, const float *kt, size_t ldk, const float *vbase, size_t ldv, int32_t n,
+                             int32_t d, float scale, float *sc, float *o) {
+    int32_t np = (n + 7) & ~7;
+    __m256 vs = _mm256_set1_ps(scale), nan = _mm256_setzero_ps(), mxv = _mm256_set1_ps(-INFINITY);
+    for (int32_t j0 = 0; j0 < np; j0 += 32) {
+        int32_t nb = (np - j0) / 8 < 4 ? (np - j0) / 8 : 4;
+        __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+        const float *k = kt + j0;
+        if (nb == 4)
+            for (int32_t u = 0; u < d; u++, k += ldk) {
+                __m256 qu = _mm256_broadcast_ss(q + u);
+                c0 = _mm256_fmadd_ps(qu, _mm256_loadu_ps(k), c0);
+                c1 = _mm256_fmadd_ps(qu, _mm256_loadu_ps(k + 8), c1);
+                c2 = _mm256_fmadd_ps(qu, _mm256_loadu_ps(k + 16), c2);
+                c3 = _mm256_fmadd_ps(qu, _mm256_loadu_ps(k + 24), c3);
+            }
+        else
+            for (int32_t u = 0; u < d; u++, k += ldk) {
+                __m256 qu = _mm256_broadcast_ss(q + u);
+                c0 = _mm256_fmadd_ps(qu, _mm256_loadu_ps(k), c0);
+                if (nb > 1) c1 = _mm256_fmadd_ps(qu, _mm256_loadu_ps(k + 8), c1);
+                if (nb > 2) c2 = _mm256_fmadd_ps(qu, _mm256_loadu_ps(k + 16), c2);
+            }
+        __m256 c[4] = {c0, c1, c2, c3};
+        for (int32_t b = 0; b < nb; b++) {
+            __m256 v = _mm256_mul_ps(c[b], vs);
+            int32_t j = j0 + 8 * b;
+            if (j + 8 > n) { /* keys past n: -inf (weight 0) */
+                __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(j), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+                __m256 live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx));
+                v = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), v, live);
+            }
+            nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+            mxv = _mm256_max_ps(mxv, v);
+            _mm256_storeu_ps(sc + j, v);
+        }
+    }
+    float mx = bx_hmax8(mxv);
+    if (_mm256_movemask_ps(nan) || !(mx > -INFINITY && mx < INFINITY)) {
+        attention_scalar_query(q, kt, ldk, vbase, ldv, n, d, scale, sc, o);
+        return;
+    }
+    __m256 m = _mm256_set1_ps(mx), sum = _mm256_setzero_ps();
+    for (int32_t j = 0; j < np; j += 8) {
+        __m256 e = bx_exp_neg8(_mm256_sub_ps(_mm256_loadu_ps(sc + j), m));
+        if (j + 8 > n) {
+            __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(j), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+            e = _mm256_and_ps(e, _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx)));
+        }
+        sum = _mm256_add_ps(sum, e);
+        _mm256_storeu_ps(sc + j, e);
+    }
+    float inv = 1.0f / bx_hsum8(sum);
+    __m256 o0 = _mm256_setzero_ps(), o1 = o0, o2 = o0, o3 = o0, o4 = o0, o5 = o0, o6 = o0, o7 = o0;
+    int32_t dv = d / 8;
+    for (int32_t j = 0; j < n; j++) {
+        const float *v = vbase + (size_t)j * ldv;
+        __m256 p = _mm256_broadcast_ss(sc + j);
+        o0 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v), o0);
+        if (dv > 1) o1 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8), o1);
+        if (dv > 2) o2 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 16), o2);
+        if (dv > 3) o3 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 24), o3);
+        if (dv > 4) o4 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 32), o4);
+        if (dv > 5) o5 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 40), o5);
+        if (dv > 6) o6 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 48), o6);
+        if (dv > 7) o7 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 56), o7);
+    }
+    __m256 iv = _mm256_set1_ps(inv), acc[8] = {o0, o1, o2, o3, o4, o5, o6, o7};
+    for (int32_t b = 0; b < dv; b++) _mm256_storeu_ps(o + 8 * b, _mm256_mul_ps(acc[b], iv));
+}
+#endif
+
+void bx_attention_heads(berxit_workspace *ws, int32_t h0, int32_t h1, float *sc, float *kt) {
+    const bx_config *c = &ws->m->cfg;
+    int32_t H = c->hidden, nh = c->heads, d = H / nh;
+    float scale = 1.0f / sqrtf((float)d);
+    for (int32_t r = 0; r < ws->rows; r++) {
+        int32_t n = ws->len[r];
+        size_t ldk = (size_t)((n + 7) & ~7);
+        const float *base = ws->qkv + (size_t)ws->start[r] * 3 * H;
+        for (int32_t h = h0; h < h1; h++) {
+            for (int32_t j = 0; j < n; j++) {
+                const float *k = base + (size_t)j * 3 * H + H + h * d;
+                for (int32_t u = 0; u < d; u++) kt[(size_t)u * ldk + j] = k[u];
+            }
+            for (int32_t u = 0; u < d; u++)
+                for (size_t j = (size_t)n; j < ldk; j++) kt[(size_t)u * ldk + j] = 0.0f;
+            for (int32_t i = 0; i < n; i++) {
+                const float *q = base + (size_t)i * 3 * H + h * d;
+                float *o = ws->ctx + (size_t)(ws->start[r] + i) * H + h * d;
+#ifdef BX_AVX2
+                if (d % 8 == 0 && d <= 64) {
+                    attention_query8(q, kt, ldk, base + 2 * H + h * d, (size_t)3 * H, n, d, scale, sc, o);
+                    continue;
+                }
+#endif
+                attention_scalar_query(q, kt, ldk, base + 2 * H + h * d, (size_t)3 * H, n, d, scale, sc, o);
+            }
+        }
     }
 }
 
 void bx_layer_forward(berxit_workspace *ws, int32_t i) {
     const berxit_model *m = ws->m;
     const bx_layer *L = &m->layer[i];
-    int32_t H = m->cfg.hidden, I = m->cfg.intermediate, T = ws->tokens;
+    int32_t H = m->cfg.hidden, T = ws->tokens;
     float eps = m->cfg.eps;
-    bx_linear_forward(ws, &L->qkv, ws->x, T, ws->qkv);
-    attention(ws);
-    bx_linear_forward(ws, &L->attn_out, ws->ctx, T, ws->tmp);
-    for (size_t t = 0; t < (size_t)T; t++) {
-        float *a = ws->tmp + t * H, *x = ws->x + t * H;
-        for (int32_t j = 0; j < H; j++) a[j] += x[j];
-        layer_norm(x, a, L->ln1_w, L->ln1_b, H, eps);
-    }
-    bx_linear_forward(ws, &L->ffn_in, ws->x, T, ws->ffn);
-    gelu(ws->ffn, (size_t)T * I);
-    bx_linear_forward(ws, &L->ffn_out, ws->ffn, T, ws->tmp);
-    for (size_t t = 0; t < (size_t)T; t++) {
-        float *a = ws->tmp + t * H, *x = ws->x + t * H;
-        for (int32_t j = 0; j < H; j++) a[j] += x[j];
-        layer_norm(x, a, L->ln2_w, L->ln2_b, H, eps);
-    }
+    bx_linear_forward(ws, &L->qkv, ws->x, T, ws->qkv, NULL);
+    bx_attention_forward(ws);
+    bx_linear_forward(ws, &L->attn_out, ws->ctx, T, ws->tmp, ws->x); /* ctx Wo + b + x */
+    for (size_t t = 0; t < (size_t)T; t++) layer_norm(ws->x + t * H, ws->tmp + t * H, L->ln1_w, L->ln1_b, H, eps);
+    bx_linear_forward(ws, &L->ffn_in, ws->x, T, ws->ffn, NULL); /* gelu(x W1 + b1), fused */
+    bx_linear_forward(ws, &L->ffn_out, ws->ffn, T, ws->tmp, ws->x);
+    for (size_t t = 0; t < (size_t)T; t++) layer_norm(ws->x + t * H, ws->tmp + t * H, L->ln2_w, L->ln2_b, H, eps);
 }
 
 void bx_head_forward(berxit_workspace *ws, int32_t exit_index, float *out) {
@@ -199,7 +279,7 @@ void bx_head_forward(berxit_workspace *ws, int32_t exit_index, float *out) {
                 for (int32_t j = 0; j < H; j++) p[j] += w * x[(size_t)t * H + j];
         }
     }
-    bx_linear_forward(ws, &m->head[exit_index], ws->pooled, ws->rows, out);
+    bx_linear_forward(ws, &m->head[exit_index], ws->pooled, ws->rows, out, NULL);
 }
 
 /* only live rows `rows` (increasing) go on: their token blocks move forward in place */

@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdatomic.h>
 
 #include "berxit.h"
 
@@ -22,7 +23,10 @@ typedef struct {
     const float *w, *b;
     float *packed;
     int32_t in, out;
+    int32_t act;                    /* BX_ACT_NONE, or BX_ACT_GELU: y = gelu(x W + b) */
 } bx_linear;
+#define BX_ACT_NONE 0
+#define BX_ACT_GELU 1
 
 typedef struct {
     bx_linear qkv, attn_out, ffn_in, ffn_out;
@@ -56,16 +60,19 @@ struct berxit_workspace {
     float *prev_value;
     unsigned char *done;
     /* a helper thread for the matrix products (berxit_set_threads(m, 2)); started on first use */
-    int32_t threads, helper_up, quit;
+    int32_t threads, helper_up;
     pthread_t helper;
     pthread_mutex_t tmu;
     pthread_cond_t cv_go, cv_done;
-    unsigned gen, finished;
+    atomic_uint gen;                /* job generation posted (the helper spins on it, then sleeps) */
+    atomic_ullong next;             /* (generation << 32) | next unit to claim: both threads claim chunks */
+    atomic_uint done_units;         /* units of the current job completed */
+    atomic_uint job_units, job_chunk; /* read by a claimer that may be a job late: atomic */
+    atomic_int quit, helper_sleeping, caller_sleeping;
     const bx_linear *job_l;
-    const float *job_x;
+    const float *job_x, *job_res;
     float *job_y;
     int32_t job_rows;
-    size_t job_p0, job_p1;
     char err[BX_ERR_LEN];
 };
 
@@ -80,15 +87,22 @@ uint64_t bx_checksum(const unsigned char *p, size_t n);
 const char *bx_blas_name(void);
 int bx_pack(bx_linear *l);          /* builtin sgemm: pack W into panels (no-op with BLAS) */
 size_t bx_panels(const bx_linear *l);
-void bx_linear_panels(const bx_linear *l, const float *x, int32_t rows, float *y, size_t p0, size_t p1);
-/* threads.c: y = x W + b, the panels split between the calling thread and the workspace's helper */
-void bx_linear_forward(berxit_workspace *ws, const bx_linear *l, const float *x, int32_t rows, float *y);
+/* y = act(x W + b (+ res)) for the column panels [p0, p1); res: NULL or [rows, out] added before act */
+void bx_linear_panels(const bx_linear *l, const float *x, int32_t rows, float *y, const float *res, size_t p0,
+                      size_t p1);
+/* threads.c: the same for all panels, split between the calling thread and the workspace's helper */
+void bx_linear_forward(berxit_workspace *ws, const bx_linear *l, const float *x, int32_t rows, float *y,
+                       const float *res);
 void bx_threads_stop(berxit_workspace *ws);
+/* attention of all heads (split between the two threads like the products) */
+void bx_attention_forward(berxit_workspace *ws);
 
 /* forward.c */
 int bx_ws_reserve(berxit_workspace *ws, size_t rows, size_t seq);
 void bx_embed(berxit_workspace *ws, const int64_t *ids, const int64_t *tt, const int64_t *mask, int32_t seq);
 void bx_layer_forward(berxit_workspace *ws, int32_t i);
+/* heads [h0, h1) of every live row: ctx from qkv; sc [cap_seq + 8], kt [(cap_seq + 8) * head dim] scratch */
+void bx_attention_heads(berxit_workspace *ws, int32_t h0, int32_t h1, float *sc, float *kt);
 void bx_head_forward(berxit_workspace *ws, int32_t exit_index, float *out);
 void bx_keep_rows(berxit_workspace *ws, const int32_t *rows, int32_t n);
 

@@ -15,13 +15,13 @@ int main(int argc, char **argv) {
     float *w = malloc(sizeof(float) * K * N), *b = calloc(N, 4), *x = malloc(sizeof(float) * M * K), *y = malloc(sizeof(float) * M * N);
     for (long i = 0; i < (long)K * N; i++) w[i] = (i % 7) * 0.01f;
     for (long i = 0; i < (long)M * K; i++) x[i] = (i % 5) * 0.1f;
-    bx_linear l = {w, b, NULL, K, N};
+    bx_linear l = {w, b, NULL, K, N, argc > 4 ? atoi(argv[4]) : BX_ACT_NONE};
     bx_pack(&l);
     size_t panels = bx_panels(&l);
     double best = 1e9;
     for (int rep = 0; rep < 5; rep++) {
         double t = now();
-        for (int i = 0; i < 300; i++) bx_linear_panels(&l, x, M, y, 0, panels);
+        for (int i = 0; i < 300; i++) bx_linear_panels(&l, x, M, y, NULL, 0, panels);
         t = (now() - t) / 300;
         if (t < best) best = t;
     }
