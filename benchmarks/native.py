@@ -154,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--example", default=None, help="compiled runtime/native/examples/classify (startup timing)")
     p.add_argument("--skip", nargs="*", default=[], choices=["parity", "latency", "startup"])
+    p.add_argument("--ort-pool", default="shared", choices=["shared", "per-session"],
+                   help="onnxruntime's threads: shared = one process-wide pool (its fastest; its workers spin "
+                        "between runs and take cores from the interleaved native runs), per-session = a pool per "
+                        "session with spinning off (neither runtime then holds cores between runs)")
     p.add_argument("--out", default="results/native")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -161,12 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     from runtime.datasets import load_split
     threads = a.threads or default_threads()
     nat = EarlyExitModel(a.artifact, backend="native", threads=threads)
-    ort = EarlyExitModel(a.artifact, threads=threads, thread_pool="shared")
+    ort = EarlyExitModel(a.artifact, threads=threads, thread_pool=a.ort_pool)
     dev = load_split(a.task, "dev", a.data_dir)
     enc_all = [ort.encode([dev.text_a[i]], None if dev.text_b is None else [dev.text_b[i]]) for i in range(len(dev))]
     res = {"artifact": str(Path(a.artifact).resolve()), "task": a.task, "native_blas": nat.backend.blas,
            "native_library": os.environ.get("BERXIT_NATIVE_LIB", "runtime/native/libberxit.so"),
-           "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS"), "env": environment(threads, "native vs onnxruntime-cpu")}
+           "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS"), "ort_pool": a.ort_pool, "env": environment(threads, "native vs onnxruntime-cpu")}
     if "parity" not in a.skip:
         res["parity"] = parity(nat, ort, enc_all[:a.parity_samples], a.points)
         log.info("parity: %s", {k: v for k, v in res["parity"].items() if k != "policies"})
