@@ -293,7 +293,7 @@ def calibrate(judge: Judge, name: str, target: Target, *, method: str = "ltt", d
         raise PolicyError(f"--delta must lie in (0, 1), got {delta}.")
     if new_rows is None:
         new_rows = judge.n
-    if not (math.isinf(new_rows) or (new_rows >= 1 and float(new_rows).is_integer())) or new_rows < 0:
+    if not (new_rows == math.inf or (new_rows >= 1 and float(new_rows).is_integer())):
         raise PolicyError(f"--new-rows must be a whole number >= 1 or inf, got {new_rows}.")
     if target.agreement is not None and judge.kind == "regression" and judge.tolerance is None:
         judge.losses(judge.full_pred)  # raises the tolerance message
