@@ -67,7 +67,7 @@ def run(art_root: Path, data_dir: str | None, targets, splits: int, resamples: i
             ev = evaluate(judge, policy, tg, splits=splits, delta=delta, resamples=resamples, methods=METHODS)
             ev["seconds"] = round(time.time() - t0, 1)
             rec["evaluations"].append(ev)
-            print(f"{name} {tg.to_json()}: " + ", ".join(f"{k} {v['met']}/{v['calibrated']}" for k, v in ev["methods"].items()),
+            print(f"{name} {tg.to_json()}: " + ", ".join(f"{k} {v['met']}/{ev['splits']}" for k, v in ev["methods"].items()),
                   flush=True)
         model.close()
         out["artifacts"][name] = rec
@@ -85,31 +85,34 @@ def markdown(res: dict, command: str) -> str:
     L.append("# Calibration on unseen rows\n")
     L.append(f"Command: `{command}`  \nMachine: {res['machine']} (no timing involved). {res['time_utc']}.\n")
     L.append(f"Each row: {res['splits']} random splits of the dev set, calibrate on one half, score the chosen "
-             f"policy on the other half. **met** = splits whose held-out value reached the target "
-             f"(of those where a policy was found). Methods: `point` = the old point estimate (fastest threshold "
+             f"policy on the other half. **met** = splits whose held-out value reached the target; a split where "
+             f"nothing could be certified runs at full depth (it meets the target and saves no layer; counted in "
+             f"the *full depth* column). Methods: `point` = the old point estimate (fastest threshold "
              f"meeting the target on the calibration half, per-layer thresholds when they win there); `ltt` = "
              f"Learn-then-Test, single threshold, delta = {res['delta']}, certifying the score of as many new rows "
              f"as the held-out half has (`--new-rows`, the default; relative score: paired bootstrap with "
              f"{res['resamples']} resamples, delta/2 for the distribution's score and delta/2 for the new rows' own "
-             f"noise; agreement: beta-binomial predictive test); "
+             f"noise; agreement: the exact exchangeable test, a hypergeometric tail over nested losses, "
+             f"runtime/bounds.py); "
              f"`ltt-per-layer` = Learn-then-Test with per-layer thresholds searched on a quarter and certified on "
              f"another quarter (delta/2 per family). Held-out value p05 / p50 / p95; layers saved = 1 - mean avg "
              f"exit layer / layers. The promise: met on >= {1 - res['delta']:.0%} of the splits.\n")
     if res["missing"]:
         L.append(f"Artifacts not available when this ran: {', '.join(res['missing'])}.\n")
-    L.append("| data set | metric | target | method | met | held-out value p05 / p50 / p95 | avg exit layer p50 | layers saved | per-layer chosen |")
-    L.append("|---|---|---|---|---|---|---|---|---|")
+    L.append("| data set | metric | target | method | met | held-out value p05 / p50 / p95 | avg exit layer p50 | layers saved | full depth (nothing certified) | per-layer chosen |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|")
     for name, rec in res["artifacts"].items():
         for ev in rec["evaluations"]:
             (k, v), = [(a, b) for a, b in ev["target"].items() if a != "tolerance"]
             for m, r in ev["methods"].items():
                 val = r.get(k)
                 saved = "-" if r["layers_saved"] is None else f"{r['layers_saved']:.1%}"
-                rate = "-" if r["met_rate"] is None else f"{r['met']}/{r['calibrated']} ({r['met_rate']:.0%})"
+                rate = f"{r['met']}/{ev['splits']} ({r['met_rate']:.0%})"
+                fb = r.get("full_depth_fallback", 0)
                 L.append(f"| {name} | {rec['metric'] if k == 'relative_score' else 'agreement'} | {v} | {m} | {rate} | "
                          f"{_f(val, 'p05')} / {_f(val)} / {_f(val, 'p95')} | {_f(r['avg_exit_layer'], 'p50', 2)} | "
-                         f"{saved} | "
-                         f"{r['per_layer_used']}/{r['calibrated']} |")
+                         f"{saved} | {fb} | "
+                         f"{r['per_layer_used']}/{ev['splits']} |")
     for name, rec in res["artifacts"].items():
         if rec["metric"] != "f1":
             continue
@@ -139,7 +142,7 @@ def summary_table(res: dict) -> str:
             cells = []
             for m in ("point", "ltt"):
                 r = ev["methods"][m]
-                met = "-" if r["met_rate"] is None else f"{r['met_rate']:.0%}"
+                met = f"{r['met_rate']:.0%}"
                 saved = "-" if r["layers_saved"] is None else f"{r['layers_saved']:.0%}"
                 cells.append(f"{met} / {_f(r['relative_score'], 'p05', 3)} / {saved}")
             L.append(f"| {name} ({rec['metric']}) | {ev['target']['relative_score']} | {cells[0]} | {cells[1]} |")

@@ -27,13 +27,17 @@ new_rows = M both noises are covered:
               choice), so each policy is tested at delta / 2 against target + m, and fixed-
               sequence testing keeps its family-wise guarantee for that raised target. p is
               reported doubled (compared with delta); the bound is an M-row score's.
-  binomial    the number of disagreements among M new rows is beta-binomial (Jeffreys prior on
-              the disagreement rate, updated with the n rows): p is its tail above what the
-              target allows. (The two-part construction cannot certify even a policy that never
-              leaves early for a target like 0.99 on a few hundred rows, so this one is
-              predictive.)
-Both rest on approximations (the bootstrap's; a prior, and no correction for the choice among
-thresholds); runtime/calib_eval.py measures how often the target then holds on unseen halves
+  binomial    exact and distribution-free (only exchangeability of old and new rows): along the
+              fixed sequence each row's loss is replaced by its running maximum (a row counts as
+              lost from the first candidate at which it disagreed), which makes the losses nested;
+              choosing the last candidate with at most c losses among the n rows then misses
+              (more than a of M new rows lost) exactly when, in the pooled order of first-loss
+              positions, a + 1 new rows come before the (c + 1)-th calibration row: a
+              hypergeometric tail, P(at most c calibration rows among the first a + c + 1 of
+              n + M). The choice among thresholds is covered by that same event, so no further
+              correction is needed. On a few hundred rows it may certify nothing but full depth
+              for a target like 0.99: the exact answer, not a weakness of the test.
+The bootstrap rests on its usual approximation; runtime/calib_eval.py measures how often the target then holds on unseen halves
 of real dev sets (results/CALIBRATION.md).
 """
 from __future__ import annotations
@@ -89,32 +93,43 @@ def clopper_pearson_upper(k: int, n: int, delta: float) -> float:
 
 def binomial_test(losses: np.ndarray, max_rate: float, delta: float, new_rows: float = math.inf) -> BoundTest:
     """H: the loss rate exceeds max_rate (new_rows = inf), or: more than max_rate of new_rows new
-    rows are losses. losses: 0/1 [n]. The bound is 1 - the upper limit of the loss rate (e.g. a
-    lower bound on agreement): of the distribution, or of the new rows' share (its delta-quantile)."""
+    rows are losses. losses: 0/1 [n], nested along the fixed sequence for new_rows < inf (pass the
+    running maximum over the candidates tested so far, see the module docstring). The bound is
+    1 - the upper limit of the loss rate (e.g. a lower bound on agreement): of the distribution, or
+    of the new rows' share (its 1 - delta level)."""
     n, k = int(losses.size), int(np.sum(losses))
     est = 1.0 - k / max(n, 1)
     if math.isinf(new_rows):
         return BoundTest(binom_cdf(k, n, max_rate), 1.0 - clopper_pearson_upper(k, n, delta), est)
     m = int(new_rows)
     allowed = int(math.floor(m * max_rate + 1e-9))  # losses the target allows among m rows
-    pmf = beta_binomial_pmf(m, k + 0.5, n - k + 0.5)
-    cdf = np.cumsum(pmf)
-    p = float(max(0.0, 1.0 - cdf[allowed])) if allowed < m else 0.0
-    q = int(np.searchsorted(cdf, 1.0 - delta))  # the (1 - delta)-quantile of the losses
-    return BoundTest(p, 1.0 - min(q, m) / m, est)
+    p = exchangeable_miss(k, n, m, allowed)
+    worst = next((a for a in range(m + 1) if exchangeable_miss(k, n, m, a) <= delta), m)
+    return BoundTest(p, 1.0 - worst / m, est)
 
 
-def beta_binomial_pmf(m: int, a: float, b: float) -> np.ndarray:
-    """P(L = j), j = 0..m, for L ~ BetaBinomial(m, a, b) [m + 1] (log-space, no scipy)."""
-    if m < 1:
-        raise ValueError(f"new_rows must be >= 1, got {m}")
-    j = np.arange(m + 1, dtype=np.float64)
+def exchangeable_miss(c: int, n: int, m: int, allowed: int) -> float:
+    """P(more than `allowed` of m new rows are lost | the chosen candidate is the last with at most c
+    of n calibration rows lost), nested losses, exchangeable rows: the hypergeometric probability
+    that at most c calibration rows are among the first allowed + c + 1 of the pooled n + m."""
+    if allowed >= m:
+        return 0.0
+    return hypergeom_cdf(c, n + m, n, min(allowed + c + 1, n + m))
+
+
+def hypergeom_cdf(x: int, total: int, good: int, draws: int) -> float:
+    """P(X <= x), X ~ Hypergeometric(total, good, draws) (log-space, no scipy)."""
+    lo, hi = max(0, draws - (total - good)), min(good, draws)
+    if x < lo:
+        return 0.0
+    if x >= hi:
+        return 1.0
+    j = np.arange(lo, hi + 1, dtype=np.float64)
     lg = np.vectorize(math.lgamma, otypes=[np.float64])
-    logc = lg(m + 1.0) - lg(j + 1) - lg(m - j + 1)
-    logb = lg(j + a) + lg(m - j + b) - lg(m + a + b) - (math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b))
-    lp = logc + logb
+    lc = lambda a, b: lg(a + 1.0) - lg(b + 1.0) - lg(a - b + 1.0)  # noqa: E731  log C(a, b)
+    lp = lc(float(good), j) + lc(float(total - good), draws - j) - lc(float(total), float(draws))
     w = np.exp(lp - lp.max())
-    return w / w.sum()
+    return float(min(1.0, w[: x - lo + 1].sum() / w.sum()))
 
 
 class PairedBootstrap:

@@ -24,7 +24,8 @@ def _spread(xs: list[float]) -> dict:
 def evaluate(judge: Judge, name: str, target: Target, *, splits: int = 50, fraction: float = 0.5, delta: float = 0.1,
              per_layer: bool = False, allow_majority: bool = False, resamples: int = 1000, seed: int = 0,
              methods: tuple[str, ...] = ("point", "ltt"), new_rows: float | None = None) -> dict:
-    """Per method: how often the target held on the held-out part, and the spread of the
+    """Per method: how often the target held on the held-out part (a split where nothing was
+    certified runs at full depth: counted, as met, in full_depth_fallback), and the spread of the
     held-out relative score (or agreement), avg exit layer and (F1 tasks) accuracy relative and
     predicted-positive rate. The point method runs as it always did (per-layer search on, no
     majority check); the guaranteed one with the options given, certifying the target on as many
@@ -53,24 +54,27 @@ def evaluate(judge: Judge, name: str, target: Target, *, splits: int = 50, fract
                                   per_layer=per_layer or m == "ltt-per-layer", allow_majority=allow_majority,
                                   resamples=resamples, seed=seed + s,
                                   new_rows=n - k if new_rows is None else new_rows)
+                policy = c["best"].policy
             except PolicyError:
-                r["failed"] += 1  # nothing qualified on this part: the split counts as not calibrated
-                continue
-            p, _ = test.point(c["best"].policy)
+                # nothing qualified on this part: the deployment runs at full depth, which meets any
+                # relative-score or agreement target by definition (and saves no layer)
+                r["failed"] += 1
+                policy = test.policy("fixed", exit_layer=judge.num_layers)
+            p, _ = test.point(policy)
             v = getattr(p, key)
             r["met"] += int(v >= goal)
             r["value"].append(v)
             r["avg_exit_layer"].append(p.avg_exit_layer)
             r["accuracy_relative"].append(p.accuracy_relative)
             r["positive_rate"].append(p.positive_rate)
-            r["per_layer_used"] += int(c["best"].policy.per_layer is not None)
+            r["per_layer_used"] += int(policy.per_layer is not None)
     out = {"splits": splits, "rows": n, "rows_calibrate": k, "rows_test": n - k, "target": target.to_json(),
            "delta": delta, "new_rows": (n - k if new_rows is None else None if np.isinf(new_rows) else int(new_rows)),
            "methods": {}}
     for m, r in res.items():
-        done = splits - r["failed"]
         out["methods"][m] = {
-            "calibrated": done, "met": r["met"], "met_rate": r["met"] / done if done else None,
+            "calibrated": splits - r["failed"], "full_depth_fallback": r["failed"], "met": r["met"],
+            "met_rate": r["met"] / splits,
             key: _spread(r["value"]), "avg_exit_layer": _spread(r["avg_exit_layer"]),
             "layers_saved": None if not r["avg_exit_layer"] else 1 - float(np.mean(r["avg_exit_layer"])) / judge.num_layers,
             "per_layer_used": r["per_layer_used"],
@@ -92,7 +96,7 @@ def format_table(ev: dict) -> str:
     for m, r in ev["methods"].items():
         v, a = r.get(key) or {}, r["avg_exit_layer"] or {}
         fmt = lambda d: "/".join(f"{d[q]:.4f}" for q in ("p05", "p50", "p95")) if d else "-"  # noqa: E731
-        met = f"{r['met']}/{r['calibrated']}"
+        met = f"{r['met']}/{ev['splits']}"
         lines.append(f"{m:<8} {met:>9} {fmt(v):>28} {fmt(a):>24}")
         if "positive_rate" in r and r["positive_rate"]:
             lines.append(f"{'':<8} accuracy relative {fmt(r['accuracy_relative'])}, positive rate {fmt(r['positive_rate'])}")

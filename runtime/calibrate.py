@@ -10,8 +10,10 @@ with what it guarantees (runtime/calibration.py has the methods, runtime/bounds.
                               paired bootstrap, fixed-sequence test; runtime/bounds.py)
   --target-agreement A        unlabelled rows too (--input texts.txt): the fastest threshold whose
                               answers equal the full-depth answers on >= A of new rows, with
-                              probability >= 1 - delta (beta-binomial predictive test; exact
-                              binomial with --new-rows inf); regression: within --agreement-tolerance
+                              probability >= 1 - delta (exact exchangeable test on the
+                              disagreements: hypergeometric, a running maximum of the losses
+                              along the threshold sequence; exact binomial with --new-rows inf);
+                              regression: within --agreement-tolerance
   --target-avg-layer K        best score with average exit layer <= K (point estimate, no guarantee)
   --target-latency-ms X       best score (or agreement) whose predicted mean batch-1 latency <= X ms,
                               from per-exit costs measured here on the artifact (reported against

@@ -6,7 +6,8 @@ Methods:
                   target with probability >= 1 - delta on new rows of the same distribution
                   (Learn then Test: fixed-sequence testing, runtime/bounds.py), labelled rows
   ltt-binomial    the same for agreement with the full-depth answer (label-free): the share of
-                  rows whose early answer equals the full-depth one (regression: within a tolerance)
+                  rows whose early answer equals the full-depth one (regression: within a tolerance);
+                  exact and distribution-free for new rows (runtime/bounds.py)
   point           the old point estimate: the fastest threshold meeting the target on the rows
                   themselves (optimistic on new rows; kept for comparison and --target-avg-layer)
   latency-budget  the most accurate threshold whose predicted mean batch-1 latency fits a budget
@@ -193,7 +194,10 @@ def _refused(p: Point, allow_majority: bool) -> bool:
 
 def _test(judge: Judge, target: Target, delta: float, allow_majority: bool, resamples: int, seed: int,
           new_rows: float = math.inf):
-    """A test function for fixed_sequence: policy -> (Point with bound) or None (refused)."""
+    """A test function for fixed_sequence: policy -> (Point with bound) or None (refused). Called
+    in the sequence's order: agreement on new rows tests the running maximum of each row's loss."""
+    lost = np.zeros(judge.n, dtype=bool)
+
     def run(policy: ExitPolicy):
         p, pred = judge.point(policy)
         if _refused(p, allow_majority):
@@ -201,7 +205,11 @@ def _test(judge: Judge, target: Target, delta: float, allow_majority: bool, resa
         if target.relative_score is not None:
             t = judge.bootstrap(resamples, seed).test(pred, target.relative_score, delta, p.relative_score, new_rows)
         else:
-            t = binomial_test(judge.losses(pred), 1.0 - target.agreement, delta, new_rows)
+            losses = judge.losses(pred)
+            if not math.isinf(new_rows):
+                lost[:] |= losses
+                losses = lost
+            t = binomial_test(losses, 1.0 - target.agreement, delta, new_rows)
         return replace(p, bound=t.bound, p_value=t.p_value)
     return run
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from runtime import EarlyExitModel, PolicyError, load_manifest, simulate
-from runtime.bounds import (PairedBootstrap, beta_binomial_pmf, binom_cdf, binomial_test, clopper_pearson_upper,
+from runtime.bounds import (PairedBootstrap, binom_cdf, binomial_test, clopper_pearson_upper, exchangeable_miss, hypergeom_cdf,
                             fixed_sequence, BoundTest)
 from runtime.calib_eval import evaluate
 from runtime.calibrate import main as calibrate_main, split_layer_outputs
@@ -90,17 +90,22 @@ def test_paired_bootstrap_is_paired():
 
 
 def test_new_rows_tests_are_predictive():
-    """With new_rows = M the binomial test is the beta-binomial tail of the losses among M new rows
-    (Jeffreys prior); the bootstrap tests at delta / 2 against the target raised by an M-row
-    score's own low deviation (sqrt(n / M) times the estimate's), p doubled."""
+    """With new_rows = M the binomial test is the exchangeable hypergeometric tail over nested losses;
+    the bootstrap tests at delta / 2 against the target raised by an M-row score's own low deviation
+    (sqrt(n / M) times the estimate's), p doubled."""
     st = pytest.importorskip("scipy.stats")
-    for m, a, b in ((10, 0.5, 20.5), (436, 3.5, 433.5), (1000, 0.5, 300.5)):
-        np.testing.assert_allclose(beta_binomial_pmf(m, a, b), st.betabinom.pmf(np.arange(m + 1), m, a, b),
-                                   rtol=1e-8, atol=1e-15)
+    for total, good, draws in ((20, 10, 7), (872, 436, 9), (1000, 300, 120)):
+        xs = np.arange(0, draws + 1)
+        np.testing.assert_allclose([hypergeom_cdf(int(x), total, good, draws) for x in xs],
+                                   st.hypergeom.cdf(xs, total, good, draws), rtol=1e-9, atol=1e-12)
     losses = np.array([0] * 396 + [1] * 4)
     t = binomial_test(losses, 0.02, 0.1, new_rows=300)
-    assert t.p_value == pytest.approx(st.betabinom.sf(6, 300, 4.5, 396.5), rel=1e-6)  # 6 = floor(300 * 0.02)
-    assert t.estimate == 0.99 and t.bound == pytest.approx(1 - st.betabinom.ppf(0.9, 300, 4.5, 396.5) / 300)
+    assert t.p_value == pytest.approx(st.hypergeom.cdf(4, 700, 400, 6 + 4 + 1), rel=1e-9)  # 6 = floor(300 * 0.02)
+    worst = min(a for a in range(301) if st.hypergeom.cdf(4, 700, 400, a + 5) <= 0.1)
+    assert t.estimate == 0.99 and t.bound == pytest.approx(1 - worst / 300)
+    # 0.99 agreement of 204 new rows (2 losses allowed) from 204 rows: not even 0 losses suffice
+    assert exchangeable_miss(0, 204, 204, 2) == pytest.approx((204 * 203 * 202) / (408 * 407 * 406))
+    assert binomial_test(np.zeros(204), 0.01, 0.1, new_rows=204).p_value > 0.1
     # a policy right at the target: the population test certifies it from many rows, the new-rows
     # test never does (a finite new set falls below an exact-target policy half of the time)
     at_target = np.array([0] * 9800 + [1] * 200)
@@ -118,6 +123,37 @@ def test_new_rows_tests_are_predictive():
     assert margin > 0 and new.bound == pytest.approx(np.quantile(r, 0.05) - margin)
     assert new.p_value == pytest.approx(min(1, 2 * (1 + np.sum(r < 0.93 + margin)) / 301))
     assert new.p_value > pop.p_value and new.bound < pop.bound
+
+
+def test_exchangeable_miss_is_exact_under_selection():
+    """Monte Carlo of the selection itself: each row gets the position along the candidates from
+    which it is lost (nested losses); calibration picks the last candidate with <= c of n rows
+    lost; the choice misses when more than `allowed` of m new rows are lost there. With a
+    continuum of candidates the formula is the exact probability, whatever the loss distribution;
+    with few candidates (ties) it is an upper bound."""
+    rng = np.random.default_rng(0)
+    n, m, allowed, trials = 60, 40, 2, 20000
+    for c in (0, 1, 3):
+        f = exchangeable_miss(c, n, m, allowed)
+        tau = rng.exponential(size=(trials, n + m)) * rng.uniform(0.1, 10, size=(trials, 1))
+        cal_c = np.sort(tau[:, :n], axis=1)[:, c]  # the (c+1)-th calibration loss: chosen just below it
+        miss = np.mean(np.sum(tau[:, n:] < cal_c[:, None], axis=1) > allowed)
+        assert miss == pytest.approx(f, abs=0.01)
+        tau = rng.geometric(0.02, size=(trials, n + m))  # 1-based candidate index: ties
+        chosen = np.sort(tau[:, :n], axis=1)[:, c] - 1
+        tied = np.mean(np.sum(tau[:, n:] <= chosen[:, None], axis=1) > allowed)
+        assert tied <= f + 0.01
+
+
+def test_agreement_guarantee_holds_on_unseen_halves():
+    """Agreement certified for the held-out half's own rows holds on >= 1 - delta of the splits
+    (the exact test; 60 splits' own noise allowed), and the point estimate's does not."""
+    outs, gold = _synthetic(n=1200, wrong1=0.15, seed=4)
+    j = _syn_judge(outs, None)
+    ev = evaluate(j, "confidence", Target(agreement=0.97), splits=60, seed=2, methods=("point", "ltt"))
+    ltt, point = ev["methods"]["ltt"], ev["methods"]["point"]
+    assert ltt["met"] >= 51 and point["met"] <= 40
+    assert ltt["full_depth_fallback"] == 0 and ltt["avg_exit_layer"]["mean"] < 2.9  # it still saves layers
 
 
 def _synthetic(n=600, seed=0, wrong1=0.3, positive1=False):
