@@ -71,16 +71,19 @@ def _spread(vals: list[float]) -> dict[str, float]:
 
 def run_benchmark(artifact: str, task_name: str, data_dir: str | None = None, max_samples: int | None = None,
                   repeats: int = 3, threads: int | None = None, policies: list[str] | None = None, points: int = 6,
-                  thresholds: dict[str, list[float]] | None = None, passes: int = 3, backend: str = "cpu") -> dict:
+                  thresholds: dict[str, list[float]] | None = None, passes: int = 3, backend: str = "cpu",
+                  ort_pool: str = "shared") -> dict:
     """Setup once, then `passes` independent interleaved timing passes; every ratio is reported as
     the median over passes (with its range under `spread`). backend "native": the C runtime, with
     onnxruntime's chain and monolithic graph timed beside it (same process, interleaved) and its
-    per-layer outputs and exit decisions compared with onnxruntime's."""
+    per-layer outputs and exit decisions compared with onnxruntime's. ort_pool: onnxruntime's
+    threads (benchmarks.native has the same option): "shared" spins between runs and, interleaved,
+    takes a core from the native runs; "per-session" does not spin."""
     from runtime.datasets import load_split
 
     threads = threads or default_threads()
-    model = EarlyExitModel(artifact, threads=threads, thread_pool="shared", backend=backend)
-    ort_model = EarlyExitModel(artifact, threads=threads, thread_pool="shared") if backend == "native" else None
+    model = EarlyExitModel(artifact, threads=threads, thread_pool=ort_pool, backend=backend)
+    ort_model = EarlyExitModel(artifact, threads=threads, thread_pool=ort_pool) if backend == "native" else None
     task = get_task(task_name)
     if model.task.name != task.name:
         raise ValueError(f"the artifact was trained for task '{model.task.name}', not '{task.name}'.")
@@ -217,6 +220,7 @@ def run_benchmark(artifact: str, task_name: str, data_dir: str | None = None, ma
             "sweep_speedup_vs_ort_monolithic": [ratio(om, mean(f"sweep_{j}")) for j in range(len(sweep_cfg))]}
     result["eager"] = []  # filled by benchmarks.eager in a process of its own (see there)
     result["env"] = environment(threads)
+    result["ort_pool"] = ort_pool
     return result
 
 
@@ -275,6 +279,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backend", default="cpu",
                    help="cpu: onnxruntime; native: the C runtime (runtime/native), with onnxruntime's chain and "
                         "monolithic graph timed beside it and its outputs compared; cuda/tensorrt: benchmarks.gpu")
+    p.add_argument("--ort-pool", default="shared", choices=["shared", "per-session"],
+                   help="onnxruntime's threads: shared = one process-wide pool (its fastest; its workers spin "
+                        "between runs), per-session = a pool per session with spinning off (use it with "
+                        "--backend native, whose runs are interleaved with onnxruntime's)")
     p.add_argument("--out", default="results/latency", help="output folder for the JSON and PNG results")
     return p.parse_args(argv)
 
@@ -295,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         res = run_benchmark(args.artifact, args.task, args.data_dir, args.max_samples, args.repeats, args.threads,
                             args.policies, args.points,
                             {p: args.thresholds for p in (args.policies or SWEEP_POLICIES)} if args.thresholds else None,
-                            passes=args.passes, backend=backend)
+                            passes=args.passes, backend=backend, ort_pool=args.ort_pool)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
