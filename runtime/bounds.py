@@ -27,6 +27,14 @@ new_rows = M both noises are covered:
               choice), so each policy is tested at delta / 2 against target + m, and fixed-
               sequence testing keeps its family-wise guarantee for that raised target. p is
               reported doubled (compared with delta); the bound is an M-row score's.
+              Classification adds a floor under that margin: the bootstrap sees no noise where
+              no calibration row changes its answer (a policy that exits a few rows early can
+              show relative 1.0 on every resample), yet on M new rows each changed answer moves
+              the score by 1 / M. The floor takes the discordance rate (rows whose early answer
+              differs from the full-depth answer) at its Clopper-Pearson upper limit q (level
+              delta / 2) and requires target + z * sqrt(q / M) / full-depth score, z the
+              (1 - delta / 2) normal quantile (`discordance_margin`). Policies that send no
+              calibration row out early get no floor (they answer as full depth).
   binomial    exact and distribution-free (only exchangeability of old and new rows): along the
               fixed sequence each row's loss is replaced by its running maximum (a row counts as
               lost from the first candidate at which it disagreed), which makes the losses nested;
@@ -150,19 +158,38 @@ class PairedBootstrap:
         return np.where(self.full > 0, r, -np.inf)  # a resample whose full score is 0 proves nothing
 
     def test(self, pred: np.ndarray, target: float, delta: float, estimate: float,
-             new_rows: float = math.inf) -> BoundTest:
+             new_rows: float = math.inf, discordant: int | None = None, full_score: float | None = None
+             ) -> BoundTest:
         """H: the relative score is below target: of the distribution (new_rows = inf), or as
-        measured on new_rows new rows (two parts of delta / 2 each, see the module docstring)."""
+        measured on new_rows new rows (two parts of delta / 2 each, see the module docstring).
+        discordant (classification, rows whose early answer differs from the full-depth one; None:
+        no floor) sets a floor under the new rows' margin (the module docstring)."""
         r = self.relative(pred)
         if math.isinf(new_rows) or not np.isfinite(estimate):
             p = (1 + int(np.sum(r < target))) / (len(r) + 1)
             return BoundTest(p, float(np.quantile(r, delta)), estimate)
-        s = math.sqrt(self.idx.shape[1] / new_rows)
+        n = self.idx.shape[1]
+        s = math.sqrt(n / new_rows)
         with np.errstate(invalid="ignore"):
             dev = float(np.quantile(r - estimate, delta / 2))  # the estimate's own low deviation
         margin = max(0.0, -s * dev) if np.isfinite(dev) else math.inf  # an M-row score's low deviation
+        if discordant is not None and full_score and full_score > 0:
+            margin = max(margin, discordance_margin(discordant, n, new_rows, delta / 2, full_score))
         p = min(1.0, 2 * (1 + int(np.sum(r < target + margin))) / (len(r) + 1))
         return BoundTest(p, float(np.quantile(r, delta / 2)) - margin, estimate)
+
+
+def discordance_margin(discordant: int, n: int, new_rows: float, delta: float, full_score: float) -> float:
+    """The least low deviation an M-row relative score is allowed for a classification policy
+    whose answers differ from the full-depth ones on `discordant` of n calibration rows: the
+    discordance rate at its Clopper-Pearson upper limit (level delta) q, and flips that cancel
+    on average, give the new rows' score change a standard deviation of sqrt(q / M) (in score
+    units; relative: divided by the full-depth score); the margin is its one-sided (1 - delta)
+    normal quantile. With no discordant row on the calibration rows q is still about 3 / n (the
+    rule of three), so a policy is never certified on rows that show it no risk."""
+    q = clopper_pearson_upper(int(discordant), int(n), delta)
+    from statistics import NormalDist
+    return NormalDist().inv_cdf(1.0 - delta) * math.sqrt(q / float(new_rows)) / float(full_score)
 
 
 def fixed_sequence(candidates: Sequence[T], test: Callable[[T], BoundTest | None], delta: float

@@ -203,7 +203,10 @@ def _test(judge: Judge, target: Target, delta: float, allow_majority: bool, resa
         if _refused(p, allow_majority):
             return None
         if target.relative_score is not None:
-            t = judge.bootstrap(resamples, seed).test(pred, target.relative_score, delta, p.relative_score, new_rows)
+            early = p.avg_exit_layer < judge.num_layers  # some row leaves before the last layer
+            disc = int(np.sum(pred != judge.full_pred)) if judge.kind == "classification" and early else None
+            t = judge.bootstrap(resamples, seed).test(pred, target.relative_score, delta, p.relative_score, new_rows,
+                                                      discordant=disc, full_score=judge.full_score)
         else:
             losses = judge.losses(pred)
             if not math.isinf(new_rows):

@@ -11,7 +11,7 @@ import pytest
 
 from runtime import EarlyExitModel, PolicyError, load_manifest, simulate
 from runtime.bounds import (PairedBootstrap, binom_cdf, binomial_test, clopper_pearson_upper, exchangeable_miss, hypergeom_cdf,
-                            fixed_sequence, BoundTest)
+                            discordance_margin, fixed_sequence, BoundTest)
 from runtime.calib_eval import evaluate
 from runtime.calibrate import main as calibrate_main, split_layer_outputs
 from runtime.calibration import Judge, Target, calibrate
@@ -349,3 +349,44 @@ def test_calibration_results_script(rte_art, data_dir, tmp_path):
     assert "| rte | accuracy | 0.9 | ltt |" in md and "## Summary" in md
     assert results_main(args + ["--reuse"]) == 0  # nothing evaluated again
     assert json.loads((out / "calibration.json").read_text())["artifacts"]["rte"] == res["artifacts"]["rte"]
+
+
+def _near_chance(n=280, seed=2, flip=0.3):
+    """A model near chance (full depth right on 53% of rows) whose exit 1 changes the answer of
+    `flip` of the rows at confidences unrelated to the change: the RTE case."""
+    rng = np.random.default_rng(seed)
+    gold = rng.integers(0, 2, n)
+    full = np.where(rng.random(n) < 0.53, gold, 1 - gold)
+    p1 = np.where(rng.random(n) < flip, 1 - full, full)
+    outs = []
+    for pred, conf in ((p1, rng.uniform(0.5, 1.0, n)), (full, rng.uniform(0.5, 1.0, n)), (full, np.ones(n))):
+        margin = np.log(conf / (1 - conf + 1e-9)).astype(np.float32)
+        lg = np.zeros((n, 2), np.float32)
+        lg[np.arange(n), pred] = margin
+        c, e = softmax_signals(lg)
+        outs.append(LayerOutputs(lg, c.astype(np.float32), e.astype(np.float32)))
+    return outs, gold
+
+
+def test_discordance_margin_is_the_rule_of_three_with_no_changed_answer():
+    # no discordant row of 138: q ~ -ln(0.05) / 138; margin = z * sqrt(q / M) / full score
+    q = clopper_pearson_upper(0, 138, 0.05)
+    assert abs(q - (1 - 0.05 ** (1 / 138))) < 1e-6
+    m = discordance_margin(0, 138, 139, 0.05, 0.53)
+    assert abs(m - 1.6448536 * np.sqrt(q / 139) / 0.53) < 1e-6 and m > 0.03
+    assert discordance_margin(20, 436, 436, 0.05, 0.82) > discordance_margin(5, 436, 436, 0.05, 0.82)
+
+
+def test_relative_guarantee_holds_when_no_calibration_row_changes_its_answer(monkeypatch):
+    """Rows that show no changed answer make the bootstrap certain (relative 1.0 on every
+    resample); the discordance floor keeps the guarantee there. Without it the target holds on
+    about half of the splits."""
+    import runtime.bounds as B
+    outs, gold = _near_chance()
+    j = _syn_judge(outs, gold)
+    args = dict(splits=40, resamples=200, seed=1, methods=("ltt",))
+    ltt = evaluate(j, "confidence", Target(relative_score=0.99), **args)["methods"]["ltt"]
+    assert ltt["met"] >= 36
+    monkeypatch.setattr(B, "discordance_margin", lambda *a: 0.0)
+    bare = evaluate(j, "confidence", Target(relative_score=0.99), **args)["methods"]["ltt"]
+    assert bare["met"] <= 30
