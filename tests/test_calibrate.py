@@ -349,6 +349,26 @@ def test_calibration_results_script(rte_art, data_dir, tmp_path):
     assert "| rte | accuracy | 0.9 | ltt |" in md and "## Summary" in md
     assert results_main(args + ["--reuse"]) == 0  # nothing evaluated again
     assert json.loads((out / "calibration.json").read_text())["artifacts"]["rte"] == res["artifacts"]["rte"]
+    saved = json.loads((out / "calibration.json").read_text())
+    saved["artifacts"]["rte"]["full_depth_score"] = 0.123  # another model under the same name: not reused
+    saved["artifacts"]["rte"]["evaluations"] = []
+    (out / "calibration.json").write_text(json.dumps(saved))
+    assert results_main(args + ["--reuse"]) == 0
+    again = json.loads((out / "calibration.json").read_text())["artifacts"]["rte"]
+    assert again["full_depth_score"] == res["artifacts"]["rte"]["full_depth_score"] and len(again["evaluations"]) == 2
+
+
+def test_short_agreement_results_are_rechecked_on_fresh_splits():
+    from benchmarks.calibration_results import _recheck
+    outs, _ = _synthetic(n=400, wrong1=0.15, seed=4)
+    j = _syn_judge(outs, None)
+    ev = evaluate(j, "confidence", Target(agreement=0.97), splits=4, methods=("ltt",))
+    ev["methods"]["ltt"]["met"] = 1  # as if 1 of 4 splits had met it
+    rec = {"evaluations": [ev, {**ev, "target": {"relative_score": 0.97}}]}
+    assert _recheck(lambda: j, rec, "confidence", 0.1, 50, 40)
+    r = rec["evaluations"][0]["recheck"]["ltt"]
+    assert r["splits"] == 40 and 0 <= r["met"] <= 40 and "recheck" not in rec["evaluations"][1]
+    assert not _recheck(lambda: j, rec, "confidence", 0.1, 50, 40)  # done once
 
 
 def _near_chance(n=280, seed=2, flip=0.3):
