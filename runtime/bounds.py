@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Callable, Sequence, TypeVar
 
 import numpy as np
@@ -188,7 +189,6 @@ def discordance_margin(discordant: int, n: int, new_rows: float, delta: float, f
     normal quantile. With no discordant row on the calibration rows q is still about 3 / n (the
     rule of three), so a policy is never certified on rows that show it no risk."""
     q = clopper_pearson_upper(int(discordant), int(n), delta)
-    from statistics import NormalDist
     return NormalDist().inv_cdf(1.0 - delta) * math.sqrt(q / float(new_rows)) / float(full_score)
 
 

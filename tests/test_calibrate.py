@@ -163,14 +163,19 @@ def _synthetic(n=600, seed=0, wrong1=0.3, positive1=False):
     gold = rng.integers(0, 2, n)
     full = np.where(rng.random(n) < 0.85, gold, 1 - gold)
     p1 = np.ones(n, dtype=int) if positive1 else np.where(rng.random(n) < wrong1, 1 - full, full)
+    return _exits([(p1, rng.uniform(0.9, 1.0, n)), (full, rng.uniform(0.5, 1.0, n)), (full, np.ones(n))]), gold
+
+
+def _exits(answers) -> list[LayerOutputs]:
+    """One exit per (answer, confidence) pair of row arrays: two-class logits with that softmax."""
     outs = []
-    for pred, conf in ((p1, rng.uniform(0.9, 1.0, n)), (full, rng.uniform(0.5, 1.0, n)), (full, np.ones(n))):
-        margin = np.log(conf / (1 - conf + 1e-9)).astype(np.float32)
+    for pred, conf in answers:
+        n = len(pred)
         lg = np.zeros((n, 2), np.float32)
-        lg[np.arange(n), pred] = margin
+        lg[np.arange(n), pred] = np.log(conf / (1 - conf + 1e-9)).astype(np.float32)
         c, e = softmax_signals(lg)
         outs.append(LayerOutputs(lg, c.astype(np.float32), e.astype(np.float32)))
-    return outs, gold
+    return outs
 
 
 def _syn_judge(outs, gold, metric="accuracy", **kw):
@@ -378,14 +383,7 @@ def _near_chance(n=280, seed=2, flip=0.3):
     gold = rng.integers(0, 2, n)
     full = np.where(rng.random(n) < 0.53, gold, 1 - gold)
     p1 = np.where(rng.random(n) < flip, 1 - full, full)
-    outs = []
-    for pred, conf in ((p1, rng.uniform(0.5, 1.0, n)), (full, rng.uniform(0.5, 1.0, n)), (full, np.ones(n))):
-        margin = np.log(conf / (1 - conf + 1e-9)).astype(np.float32)
-        lg = np.zeros((n, 2), np.float32)
-        lg[np.arange(n), pred] = margin
-        c, e = softmax_signals(lg)
-        outs.append(LayerOutputs(lg, c.astype(np.float32), e.astype(np.float32)))
-    return outs, gold
+    return _exits([(p1, rng.uniform(0.5, 1.0, n)), (full, rng.uniform(0.5, 1.0, n)), (full, np.ones(n))]), gold
 
 
 def test_discordance_margin_is_the_rule_of_three_with_no_changed_answer():
