@@ -245,6 +245,22 @@ def test_example_host_and_c_tests_under_sanitizers(rte_art, stsb_art, tmp_path):
     assert allocs[0] == allocs[1], f"allocations grow with the number of calls: {allocs}"
 
 
+def test_two_thread_hand_off_survives_a_widened_race_window(rte_art, tmp_path):
+    """Back-to-back products of changing sizes on two threads, with the window between a job's
+    first and last hand-off store (and the helper's read of the claim counter and of the job's
+    size) widened by pause loops: a helper still claiming from the previous job must never claim
+    or count units of the next one. Before the fix this hung within a few hundred runs (the job's
+    unit count overshot and the caller waited forever); each run also checks its logits."""
+    prog = _cc(tmp_path / "test_race", str(NATIVE / "tests" / "test_native.c"), *SOURCES,
+               flags=("-DBERXIT_TEST_RACE_WINDOW=3000",))
+    try:
+        r = subprocess.run([str(prog), str(rte_art / "native_weights.bin"), "stress", "2000"], capture_output=True,
+                           text=True, timeout=90)
+    except subprocess.TimeoutExpired:
+        pytest.fail("two-thread runs hung: a hand-off between the caller and the helper thread lost count")
+    assert r.returncode == 0 and r.stdout.startswith("ok stress: 2000 runs, 0 logits differ"), r.stdout + r.stderr
+
+
 def test_short_fuzz_pass_over_the_weights_reader(rte_art, stsb_art, tmp_path):
     """~12 s: libFuzzer (weights reader, then the tokenizer) when clang is here, else the standalone
     mutation driver over the weights reader (both with ASan/UBSan)."""

@@ -32,6 +32,16 @@ static inline void cpu_relax(void) {
 #endif
 }
 
+/* tests widen the window between the first and the last store of a job's hand-off
+ * (-DBERXIT_TEST_RACE_WINDOW=N: N pause instructions), where a late claim would race */
+#ifdef BERXIT_TEST_RACE_WINDOW
+static void race_window(void) {
+    for (volatile int i = 0; i < BERXIT_TEST_RACE_WINDOW; i++) cpu_relax();
+}
+#else
+#define race_window() ((void)0)
+#endif
+
 static long long now_ns(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -70,8 +80,9 @@ static int work(berxit_workspace *ws, unsigned g, int helper) {
         unsigned long long v = atomic_load(&ws->next);
         if ((unsigned)(v >> 32) != g) break;
         uint32_t u0 = (uint32_t)v;
+        if (helper) race_window();
         uint32_t units = atomic_load(&ws->job_units), chunk = atomic_load(&ws->job_chunk);
-        if (u0 >= units) break; /* (units of a newer job: the exchange below fails) */
+        if (u0 >= units) break; /* (the size of a newer job: `next` has moved on, the exchange below fails) */
         uint32_t u1 = u0 + chunk < units ? u0 + chunk : units;
         if (!atomic_compare_exchange_weak(&ws->next, &v, ((unsigned long long)g << 32) | u1)) continue;
         /* claimed: the job cannot finish (nor its fields change) before this chunk is counted */
@@ -123,10 +134,15 @@ static int start_helper(berxit_workspace *ws) {
 /* post the job (its fields set), share its chunks, wait for the helper's claimed ones */
 static void run_job(berxit_workspace *ws, uint32_t units, uint32_t chunk) {
     unsigned g = atomic_load(&ws->gen) + 1;
+    /* `next` moves to the new generation before the job's size changes: a helper still in the
+     * previous job's claim loop that reads the new size then fails its exchange on `next`
+     * (otherwise it could claim panels of this job against the old generation and count them
+     * twice: the job would never reach its unit count) */
+    atomic_store(&ws->next, (unsigned long long)g << 32);
+    race_window();
     atomic_store(&ws->job_units, units);
     atomic_store(&ws->job_chunk, chunk);
     atomic_store(&ws->done_units, 0);
-    atomic_store(&ws->next, (unsigned long long)g << 32);
     atomic_store(&ws->gen, g); /* publishes the job (seq_cst) */
     if (atomic_load(&ws->helper_sleeping)) {
         pthread_mutex_lock(&ws->tmu);

@@ -309,6 +309,24 @@ int main(int argc, char **argv) {
         free(file_data);
         return 0;
     }
+    if (argc == 4 && strcmp(argv[2], "stress") == 0) { /* back-to-back jobs of changing sizes, two threads */
+        float lg[B * 8], ref_lg[B * 8];
+        berxit_policy pol = {BERXIT_POLICY_FIXED, 0.0f, info.num_layers, 0, NULL, 0};
+        outs ref = {.logits = ref_lg};
+        int rc = run(m, &pol, &ref, B, S), differ = 0;
+        if (rc == BERXIT_OK) rc = berxit_set_threads(m, 2);
+        for (int i = 0; rc == BERXIT_OK && i < atoi(argv[3]); i++) {
+            outs o = {.logits = lg};
+            int32_t n = 1 + i % B;
+            rc = run(m, &pol, &o, n, S);
+            for (int j = 0; rc == BERXIT_OK && j < n * info.num_outputs; j++) differ += fabsf(lg[j] - ref_lg[j]) > 1e-5f;
+        }
+        printf("%s stress: %s runs, %d logits differ from one thread %s\n", rc == BERXIT_OK && !differ ? "ok" : "FAILED",
+               argv[3], differ, rc == BERXIT_OK ? "" : berxit_errmsg(m));
+        berxit_close(m);
+        free(file_data);
+        return rc != BERXIT_OK || differ;
+    }
     bad_inputs(m);
     bad_files();
     threads_and_batching(m);
