@@ -160,6 +160,15 @@ def test_predict_and_latency_cli_with_native(native_lib, rte_art, data_dir, tmp_
     par = r["vs_onnxruntime"]["parity"]
     assert par["exit_layers_differ"] == 0 and par["labels_differ"] == 0
     assert max(par["max_abs_diff_all_layers"].values()) < 1e-4
+    from benchmarks.native_forced import main as forced_main
+    assert forced_main(["--artifact", str(rte_art), "--task", "rte", "--data-dir", str(data_dir), "--rows", "5",
+                        "--threads", "1", "2", "--passes", "2", "--out", str(tmp_path / "forced")]) == 0
+    f = json.loads((tmp_path / "forced" / "native_forced.json").read_text())
+    assert [r["threads"] for r in f["runs"]] == [1, 2]
+    for r in f["runs"]:  # one mean per exit and pass; the fit reproduces from them
+        assert len(r["per_pass"]) == 2 and all(len(p["mean_ms"]) == 2 and min(p["mean_ms"]) > 0 for p in r["per_pass"])
+        p = r["per_pass"][0]
+        assert p["fixed_ms"] + 2 * p["per_layer_ms"] == pytest.approx(p["mean_ms"][1], rel=1e-6)
 
 
 def test_bad_inputs_and_artifacts_say_what_is_wrong(native_lib, rte_art, tmp_path):
