@@ -8,6 +8,7 @@ time) at rising offered load against servers started here as subprocesses:
     ee-none       early exit, one request at a time
     mono-request  --mode monolithic: the artifact's single graph, dynamic batching (the baseline)
     *-nospin      the same with --thread-pool per-session (onnxruntime threads do not spin)
+    *-native      the same on the C runtime (--backend native; "monolithic" = its run without exit checks)
     *-1t          the same with --threads 1 (one intra-op thread: the model on one core)
     ray-1, ray-2  python -m runtime.serve_ray with 1 / 2 replicas (one intra-op thread each),
                   against plain-1t: the plain server with one intra-op thread
@@ -55,6 +56,9 @@ SERVERS = {
     "ee-layer-nospin": ["-m", "runtime.serve", "--batching", "layer", "--thread-pool", "per-session"],
     "mono-request-nospin": ["-m", "runtime.serve", "--mode", "monolithic", "--batching", "request",
                             "--thread-pool", "per-session"],
+    "ee-layer-native": ["-m", "runtime.serve", "--batching", "layer", "--backend", "native"],
+    "mono-request-native": ["-m", "runtime.serve", "--mode", "monolithic", "--batching", "request",
+                            "--backend", "native"],
     "ray-1": ["-m", "runtime.serve_ray", "--replicas", "1", "--threads", "1", "--num-cpus", "2"],
     "ray-2": ["-m", "runtime.serve_ray", "--replicas", "2", "--threads", "1", "--num-cpus", "2"],
 }
@@ -288,7 +292,7 @@ def summarize(results: list[dict], target_ms: float) -> dict:
            "max_rps_at_p99": {n: _spread(v) for n, v in per_pass.items()}}
     ratios = {}
     for k, v in per_pass.items():  # early exit over the monolithic server with the same thread pool
-        suffix = next((x for x in ("-nospin", "-1t") if k.endswith(x)), "")
+        suffix = next((x for x in ("-nospin", "-1t", "-native") if k.endswith(x)), "")
         base = per_pass.get("mono-request" + suffix)
         if k.startswith("ee-") and base and all(base):
             ratios[k] = {"per_pass": [round(a / b, 3) for a, b in zip(v, base)],

@@ -365,7 +365,7 @@ class Chain:
             self._finish(c)
         ws = self._pool.acquire()
         try:
-            ws.load(HiddenState(hidden, mask))
+            ws.load(HiddenState(hidden, mask, stage))
         except BaseException:
             self._pool.release(ws)
             raise

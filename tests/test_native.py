@@ -338,3 +338,76 @@ def test_c_tokenizer_matches_tokenizers(native_lib, rte_art, tmp_path):
     other["model"]["type"] = "BPE"
     with pytest.raises(NativeUnsupported, match="pass token ids"):
         write_tokenizer(tmp_path / "bpe", json.dumps(other).encode())
+
+
+def test_native_workspaces_hand_hidden_states_over(native_lib, rte_art):
+    """save / load between stages (what the server's layer batching needs): the rows continue in
+    another workspace exactly as in their own; bad states are refused with a message."""
+    from runtime.backends.base import HiddenState
+    from runtime.model import EarlyExitModel
+    m = EarlyExitModel(rte_art, backend="native")
+    enc = m.encode(["the cat sat on the mat", "a b"], ["a dog runs", "c"])
+    be = m.backend
+    ref = be.workspace()
+    ref.embed(enc.input_ids, enc.token_type_ids, enc.attention_mask)
+    ref.run_stage(0)
+    want = ref.run_stage(1).logits.copy()
+    a, b = be.workspace(), be.workspace()
+    a.embed(enc.input_ids, enc.token_type_ids, enc.attention_mask)
+    a.run_stage(0)
+    st = a.save()
+    assert st.hidden.shape == (2, int(enc.attention_mask.sum(1).max()), m.manifest.hidden_size)
+    np.testing.assert_array_equal(st.mask, enc.attention_mask[:, :st.hidden.shape[1]])
+    assert not st.hidden[1, int(enc.attention_mask[1].sum()):].any()  # zeros past a row's length
+    b.load(HiddenState(st.hidden, st.mask, 1))
+    np.testing.assert_array_equal(b.run_stage(1).logits, want)
+    for bad, msg in ((HiddenState(st.hidden, st.mask), "stage"), (HiddenState(st.hidden, st.mask, 2), "stage 2"),
+                     (HiddenState(st.hidden, np.zeros_like(st.mask), 1), "no token"),
+                     (HiddenState(st.hidden[:, :, :3], st.mask, 1), "hidden size")):
+        with pytest.raises(ValueError, match=msg):
+            b.load(bad)
+    fresh = be.workspace()
+    with pytest.raises(ValueError, match="no stage has run"):
+        fresh.save()
+    for w in (ref, a, b, fresh):
+        w.close()
+    m.close()
+
+
+def test_layer_batching_scheduler_on_the_native_backend(native_lib, rte_art, data_dir):
+    """Rows of many requests merged at layer boundaries on the native runtime answer as each row
+    alone does (the server's default batching with --backend native)."""
+    import random
+    from runtime.datasets import load_split
+    from runtime.model import EarlyExitModel
+    from runtime.scheduler import Scheduler, SchedulerConfig
+    m = EarlyExitModel(rte_art, backend="native")
+    dev = load_split("rte", "dev", data_dir)
+    rng = random.Random(1)
+    reqs = []
+    for _ in range(40):
+        idx = [rng.randrange(len(dev)) for _ in range(rng.randint(1, 3))]
+        reqs.append(m.encode([dev.text_a[i] for i in idx], [dev.text_b[i] for i in idx]))
+    pol = m.policy("fixed", exit_layer=2)
+    runs: list[int] = []
+    merges: list[int] = []
+    chain_merge = m.chain.merge
+
+    def merge(cohorts):
+        merges.append(sum(not c.done for c in cohorts))
+        return chain_merge(cohorts)
+
+    m.chain.merge = merge
+    s = Scheduler(m.chain, SchedulerConfig(batching="layer", max_batch_rows=16), on_run=runs.append)
+    try:
+        futs = [(r, s.submit(r, pol)) for r in reqs]
+        for enc, f in futs:
+            res = f.result(60)
+            alone = [m.run(enc.row(i), pol) for i in range(enc.shape[0])]
+            np.testing.assert_array_equal(res.exit_layer, np.concatenate([a.exit_layer for a in alone]))
+            np.testing.assert_allclose(res.logits, np.concatenate([a.logits for a in alone]), rtol=0, atol=1e-5)
+            assert res.error == [None] * enc.shape[0]
+    finally:
+        s.close()
+    assert max(runs) > 1 and max(merges) >= 2  # cohorts of different requests merged between stages
+    m.close()

@@ -48,6 +48,7 @@ class HiddenState:
 
     hidden: np.ndarray  # [b, s, H] float32
     mask: np.ndarray  # [b, s] int64
+    stage: int | None = None  # stages already run on these rows (backends that check the order need it)
 
 
 class Workspace(ABC):

@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import manifest as M
 from ..fsutil import ArtifactError, read_verified
-from .base import Backend, BackendError, StageOutputs, Workspace
+from .base import Backend, BackendError, HiddenState, StageOutputs, Workspace
 
 LIB_ENV = "BERXIT_NATIVE_LIB"
 DEFAULT_LIB = Path(__file__).resolve().parent.parent / "native" / "libberxit.so"
@@ -92,6 +92,9 @@ def load_library() -> C.CDLL:
             "berxit_ws_stage": (C.c_int, [vp, C.c_int32, _f32p]),
             "berxit_ws_keep": (C.c_int, [vp, _i64p, C.c_int32]),
             "berxit_ws_errmsg": (cp, [vp]),
+            "berxit_ws_max_len": (C.c_int32, [vp]),
+            "berxit_ws_save": (C.c_int, [vp, _f32p, _i64p, C.c_int32]),
+            "berxit_ws_load": (C.c_int, [vp, _f32p, _i64p, C.c_int32, C.c_int32, C.c_int32]),
         }
         for name, (res, args) in sig.items():
             fn = getattr(lib, name)
@@ -238,6 +241,27 @@ class NativeWorkspace(Workspace):
         rows = _i64(rows)
         self._check(self.lib.berxit_ws_keep(self.ws, _ptr(rows, _i64p), len(rows)))
         self.b = len(rows)
+
+    def save(self) -> HiddenState:
+        s = int(self.lib.berxit_ws_max_len(self.ws))
+        hidden = np.zeros((self.b, s, self.be.manifest.hidden_size), np.float32)
+        mask = np.zeros((self.b, s), np.int64)
+        self._check(self.lib.berxit_ws_save(self.ws, _ptr(hidden, _f32p), _ptr(mask, _i64p), s))
+        return HiddenState(hidden, mask)
+
+    def load(self, state: HiddenState) -> None:
+        b, s, h = state.hidden.shape
+        if h != self.be.manifest.hidden_size or state.mask.shape != (b, s):
+            raise ValueError(f"hidden states {state.hidden.shape} / mask {state.mask.shape} do not fit hidden size "
+                             f"{self.be.manifest.hidden_size}")
+        if state.stage is None:
+            raise ValueError("the native runtime needs the number of stages already run on these rows (stage)")
+        hidden = np.ascontiguousarray(state.hidden, np.float32)
+        mask = _i64(state.mask)
+        self._check(self.lib.berxit_ws_load(self.ws, _ptr(hidden, _f32p), _ptr(mask, _i64p), b, s, int(state.stage)))
+        self.b = b
+        if self._head.shape[0] < b:
+            self._head = np.zeros((b, self.be.width), np.float32)
 
     def monolithic(self, input_ids, token_type_ids, attention_mask) -> StageOutputs:
         _, logits, _, _ = self.be.run_early_exit(input_ids, token_type_ids, attention_mask, None)

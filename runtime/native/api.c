@@ -252,6 +252,69 @@ int berxit_ws_keep(berxit_workspace *ws, const int64_t *rows, int32_t n) {
     return BERXIT_OK;
 }
 
+int32_t berxit_ws_max_len(const berxit_workspace *ws) {
+    int32_t n = 0;
+    if (ws && ws->stage >= 0)
+        for (int32_t r = 0; r < ws->rows; r++) n = ws->len[r] > n ? ws->len[r] : n;
+    return n;
+}
+
+int berxit_ws_save(berxit_workspace *ws, float *hidden, int64_t *mask, int32_t seq) {
+    if (!ws) return BERXIT_ERR_ARG;
+    if (ws->stage < 1) return bx_fail(ws->err, BERXIT_ERR_STATE, "save: no stage has run on this batch yet");
+    if (!hidden || !mask) return bx_fail(ws->err, BERXIT_ERR_ARG, "save: hidden and mask must not be NULL");
+    if (seq < berxit_ws_max_len(ws))
+        return bx_fail(ws->err, BERXIT_ERR_ARG, "save: seq %d is shorter than the longest live row (%d)", seq,
+                       berxit_ws_max_len(ws));
+    size_t H = (size_t)ws->m->cfg.hidden;
+    for (int32_t r = 0; r < ws->rows; r++) {
+        float *dst = hidden + (size_t)r * seq * H;
+        int32_t n = ws->len[r];
+        memcpy(dst, ws->x + (size_t)ws->start[r] * H, sizeof(float) * (size_t)n * H);
+        memset(dst + (size_t)n * H, 0, sizeof(float) * (size_t)(seq - n) * H);
+        for (int32_t p = 0; p < seq; p++) mask[(size_t)r * seq + p] = p < n;
+    }
+    return BERXIT_OK;
+}
+
+int berxit_ws_load(berxit_workspace *ws, const float *hidden, const int64_t *mask, int32_t batch, int32_t seq,
+                   int32_t stage) {
+    if (!ws) return BERXIT_ERR_ARG;
+    const bx_config *c = &ws->m->cfg;
+    ws->stage = -1;
+    if (!hidden || !mask) return bx_fail(ws->err, BERXIT_ERR_ARG, "load: hidden and mask must not be NULL");
+    if (batch < 1 || batch > BERXIT_MAX_BATCH)
+        return bx_fail(ws->err, BERXIT_ERR_ARG, "load: batch %d outside [1, %d]", batch, BERXIT_MAX_BATCH);
+    if (seq < 1 || seq > c->max_seq_len)
+        return bx_fail(ws->err, BERXIT_ERR_ARG, "load: seq %d outside [1, %d]", seq, c->max_seq_len);
+    if (stage < 1 || stage >= c->num_exits)
+        return bx_fail(ws->err, BERXIT_ERR_ARG, "load: stage %d outside [1, %d) (stages already run)", stage,
+                       c->num_exits);
+    for (int32_t r = 0; r < batch; r++) {
+        const int64_t *mr = mask + (size_t)r * seq;
+        if (mr[0] != 1) return bx_fail(ws->err, BERXIT_ERR_INPUT, "load: row %d has no token (its mask starts with 0)", r);
+        for (int32_t p = 1; p < seq; p++)
+            if ((mr[p] != 0 && mr[p] != 1) || (mr[p] == 1 && mr[p - 1] == 0))
+                return bx_fail(ws->err, BERXIT_ERR_INPUT, "load: row %d's mask is not 1s then 0s", r);
+    }
+    if (bx_ws_reserve(ws, (size_t)batch, (size_t)seq))
+        return bx_fail(ws->err, BERXIT_ERR_NOMEM, "out of memory for a batch of %d x %d tokens", batch, seq);
+    size_t H = (size_t)c->hidden;
+    int32_t t = 0;
+    for (int32_t r = 0; r < batch; r++) {
+        int32_t n = 0;
+        while (n < seq && mask[(size_t)r * seq + n]) n++;
+        memcpy(ws->x + (size_t)t * H, hidden + (size_t)r * seq * H, sizeof(float) * (size_t)n * H);
+        ws->len[r] = n;
+        ws->start[r] = t;
+        t += n;
+    }
+    ws->rows = batch;
+    ws->tokens = t;
+    ws->stage = stage;
+    return BERXIT_OK;
+}
+
 /* -- the early-exit loop ---------------------------------------------------------------------- */
 static int run_loop(berxit_workspace *ws, const int64_t *ids, const int64_t *tt, const int64_t *mask, int32_t batch,
                     int32_t seq, const berxit_policy *p, berxit_result *out) {

@@ -137,6 +137,17 @@ int berxit_ws_embed(berxit_workspace *ws, const int64_t *ids, const int64_t *typ
 int berxit_ws_stage(berxit_workspace *ws, int32_t k, float *head_out);
 int berxit_ws_keep(berxit_workspace *ws, const int64_t *rows, int32_t n);
 int32_t berxit_ws_rows(const berxit_workspace *ws);
+/* For hosts that merge the rows of several workspaces between stages (a server batching across
+ * requests). berxit_ws_max_len: the longest live row's tokens (0 without a batch).
+ * berxit_ws_save: the live rows' hidden states after the stages run so far, padded:
+ * hidden [rows, seq, hidden_size] (zeros past a row's length), mask [rows, seq] (1 on its tokens);
+ * seq >= berxit_ws_max_len. berxit_ws_load: rows in that form (masks right padded, seq <=
+ * max_seq_len) become the live rows, as if `stage` stages (1 .. num_exits - 1) had run on them;
+ * the next berxit_ws_stage call is stage `stage`. */
+int32_t berxit_ws_max_len(const berxit_workspace *ws);
+int berxit_ws_save(berxit_workspace *ws, float *hidden, int64_t *mask, int32_t seq);
+int berxit_ws_load(berxit_workspace *ws, const float *hidden, const int64_t *mask, int32_t batch, int32_t seq,
+                   int32_t stage);
 /* The last error's message on this workspace. */
 const char *berxit_ws_errmsg(const berxit_workspace *ws);
 

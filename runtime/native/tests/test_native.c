@@ -126,6 +126,34 @@ static void bad_inputs(berxit_model *m) {
     CHECK(berxit_ws_keep(ws, rows, 2) == BERXIT_ERR_ARG, "keep: decreasing rows");
     rows[0] = 1; rows[1] = B;
     CHECK(berxit_ws_keep(ws, rows, 2) == BERXIT_ERR_ARG, "keep: row out of range");
+    /* hidden states handed to another workspace between stages: the same next stage */
+    if (info.num_exits >= 2) {
+        int32_t L = berxit_ws_max_len(ws), H = info.hidden_size;
+        CHECK(L > 0 && L <= S, "max_len %d", L);
+        float *hid = malloc(sizeof(float) * (size_t)B * S * (size_t)H), want[B * 8], got[B * 8];
+        int64_t msk[B * S];
+        CHECK(berxit_ws_save(ws, hid, msk, L - 1) == BERXIT_ERR_ARG, "save: seq too short");
+        CHECK(berxit_ws_save(ws, NULL, msk, L) == BERXIT_ERR_ARG, "save: NULL");
+        CHECK(berxit_ws_save(ws, hid, msk, L) == BERXIT_OK, "save: %s", berxit_ws_errmsg(ws));
+        berxit_workspace *w2;
+        CHECK(berxit_workspace_new(m, &w2) == BERXIT_OK, "workspace 2");
+        CHECK(berxit_ws_save(w2, hid, msk, L) == BERXIT_ERR_STATE, "save before a stage");
+        CHECK(berxit_ws_load(w2, hid, msk, B, L, 0) == BERXIT_ERR_ARG, "load: stage 0");
+        CHECK(berxit_ws_load(w2, hid, msk, B, L, info.num_exits) == BERXIT_ERR_ARG, "load: stage past the last");
+        CHECK(berxit_ws_load(w2, hid, msk, 0, L, 1) == BERXIT_ERR_ARG, "load: batch 0");
+        CHECK(berxit_ws_load(w2, hid, msk, B, info.max_seq_len + 1, 1) == BERXIT_ERR_ARG, "load: seq too long");
+        int64_t m0 = msk[0];
+        msk[0] = 0;
+        CHECK(berxit_ws_load(w2, hid, msk, B, L, 1) == BERXIT_ERR_INPUT, "load: row without a token");
+        msk[0] = m0;
+        CHECK(berxit_ws_stage(w2, 1, got) == BERXIT_ERR_STATE, "stage after a refused load");
+        CHECK(berxit_ws_load(w2, hid, msk, B, L, 1) == BERXIT_OK, "load: %s", berxit_ws_errmsg(w2));
+        CHECK(berxit_ws_stage(ws, 1, want) == BERXIT_OK && berxit_ws_stage(w2, 1, got) == BERXIT_OK, "stage 1");
+        CHECK(memcmp(want, got, sizeof(float) * B * (size_t)(info.num_outputs + info.has_lte)) == 0,
+              "stage 1 after load differs");
+        berxit_workspace_free(w2);
+        free(hid);
+    }
     berxit_workspace_free(ws);
 }
 
