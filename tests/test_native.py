@@ -411,3 +411,41 @@ def test_layer_batching_scheduler_on_the_native_backend(native_lib, rte_art, dat
         s.close()
     assert max(runs) > 1 and max(merges) >= 2  # cohorts of different requests merged between stages
     m.close()
+
+
+def _has_avx2_fma() -> bool:
+    try:
+        flags = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return False
+    return "avx2" in flags and "fma" in flags
+
+
+@pytest.mark.skipif(not _has_avx2_fma(), reason="the CPU has no AVX2 + FMA (the intrinsics kernels)")
+def test_avx2_kernels_match_onnxruntime_and_pass_sanitizers(native_lib, rte_art, stsb_art, tmp_path):
+    """The other tests build the portable kernels; `pip install` builds with -march=native. Here:
+    the AVX2 + FMA build (sgemm, attention with two queries at once, layer norm) against
+    onnxruntime on every exit, and the C test program built the same way under ASan + UBSan."""
+    from runtime.backends import native
+    from runtime.model import EarlyExitModel
+    lib = _cc(tmp_path / "libberxit_avx2.so", *SOURCES, flags=("-O3", "-march=native", "-fPIC", "-shared"))
+    old = os.environ.get(native.LIB_ENV)
+    os.environ[native.LIB_ENV], native._LIB = str(lib), None
+    try:
+        for art in (rte_art, stsb_art):
+            ort, nat = EarlyExitModel(art), EarlyExitModel(art, backend="native", threads=2)
+            enc = _enc(ort)
+            for a, b in zip(ort.layer_outputs(enc), nat.layer_outputs(enc)):
+                np.testing.assert_allclose(b.logits, a.logits, atol=1e-4, rtol=0)
+            for pol in _policies(ort, ort.layer_outputs(enc)):
+                assert nat.run(enc, pol).exit_layer.tolist() == ort.run(enc, pol).exit_layer.tolist(), pol.describe()
+            ort.close(), nat.close()
+    finally:
+        os.environ[native.LIB_ENV], native._LIB = old or "", None
+        if old is None:
+            del os.environ[native.LIB_ENV]
+    san = ("-march=native", "-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all")
+    tests = _cc(tmp_path / "test_native_avx2", str(NATIVE / "tests" / "test_native.c"), *SOURCES, flags=san)
+    for art in (rte_art, stsb_art):
+        r = subprocess.run([str(tests), str(art / "native_weights.bin")], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and r.stdout.strip().startswith("ok:"), r.stdout[-3000:] + r.stderr[-3000:]

@@ -43,7 +43,7 @@ int bx_ws_reserve(berxit_workspace *ws, size_t rows, size_t seq) {
         ws->cap_tokens = tokens;
     }
     if (seq > ws->cap_seq) {
-        ws->scores = grow(ws->scores, 2 * (seq + 8), sizeof(float), &ok); /* per thread: [seq + 8] */
+        ws->scores = grow(ws->scores, 4 * (seq + 8), sizeof(float), &ok); /* per thread: 2 x [seq + 8] */
         ws->kt = grow(ws->kt, 2 * (seq + 8) * (size_t)(c->hidden / c->heads), sizeof(float), &ok);
         if (!ok) { ws->cap_seq = 0; return BERXIT_ERR_NOMEM; }
         ws->cap_seq = seq;
@@ -218,6 +218,119 @@ static void attention_query8(const float *q, const float *kt, size_t ldk, const 
     __m256 iv = _mm256_set1_ps(inv), acc[8] = {o0, o1, o2, o3, o4, o5, o6, o7};
     for (int32_t b = 0; b < dv; b++) _mm256_storeu_ps(o + 8 * b, _mm256_mul_ps(acc[b], iv));
 }
+
+/* softmax numerators in place over sc[0, np) (keys past n: 0); 1 / their sum */
+static float softmax8(float *sc, int32_t n, int32_t np, float mx) {
+    __m256 m = _mm256_set1_ps(mx), sum = _mm256_setzero_ps();
+    for (int32_t j = 0; j < np; j += 8) {
+        __m256 e = bx_exp_neg8(_mm256_sub_ps(_mm256_loadu_ps(sc + j), m));
+        if (j + 8 > n) {
+            __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(j), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+            e = _mm256_and_ps(e, _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx)));
+        }
+        sum = _mm256_add_ps(sum, e);
+        _mm256_storeu_ps(sc + j, e);
+    }
+    return 1.0f / bx_hsum8(sum);
+}
+
+/* two queries of one head at once, d % 8 == 0 and d <= 32: every K and V load serves both, and
+ * the two give twice the independent accumulator chains. Per query, the same operations in the
+ * same order as attention_query8 (identical results); a query whose scores hold NaN or no finite
+ * maximum goes attention_query8's way (which falls back to the scalar path). */
+static void attention_query8x2(const float *qa, const float *qb, const float *kt, size_t ldk, const float *vbase,
+                               size_t ldv, int32_t n, int32_t d, float scale, float *sa, float *sb, float *oa,
+                               float *ob) {
+    int32_t np = (n + 7) & ~7;
+    __m256 vs = _mm256_set1_ps(scale), nan = _mm256_setzero_ps(), ma = _mm256_set1_ps(-INFINITY), mb = ma;
+    for (int32_t j0 = 0; j0 < np; j0 += 32) {
+        int32_t nb = (np - j0) / 8 < 4 ? (np - j0) / 8 : 4;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        const float *k = kt + j0;
+        if (nb == 4)
+            for (int32_t u = 0; u < d; u++, k += ldk) {
+                __m256 x = _mm256_broadcast_ss(qa + u), y = _mm256_broadcast_ss(qb + u);
+                __m256 k0 = _mm256_loadu_ps(k), k1 = _mm256_loadu_ps(k + 8);
+                a0 = _mm256_fmadd_ps(x, k0, a0);
+                b0 = _mm256_fmadd_ps(y, k0, b0);
+                a1 = _mm256_fmadd_ps(x, k1, a1);
+                b1 = _mm256_fmadd_ps(y, k1, b1);
+                __m256 k2 = _mm256_loadu_ps(k + 16), k3 = _mm256_loadu_ps(k + 24);
+                a2 = _mm256_fmadd_ps(x, k2, a2);
+                b2 = _mm256_fmadd_ps(y, k2, b2);
+                a3 = _mm256_fmadd_ps(x, k3, a3);
+                b3 = _mm256_fmadd_ps(y, k3, b3);
+            }
+        else
+            for (int32_t u = 0; u < d; u++, k += ldk) {
+                __m256 x = _mm256_broadcast_ss(qa + u), y = _mm256_broadcast_ss(qb + u);
+                __m256 k0 = _mm256_loadu_ps(k);
+                a0 = _mm256_fmadd_ps(x, k0, a0);
+                b0 = _mm256_fmadd_ps(y, k0, b0);
+                if (nb > 1) {
+                    __m256 k1 = _mm256_loadu_ps(k + 8);
+                    a1 = _mm256_fmadd_ps(x, k1, a1);
+                    b1 = _mm256_fmadd_ps(y, k1, b1);
+                }
+                if (nb > 2) {
+                    __m256 k2 = _mm256_loadu_ps(k + 16);
+                    a2 = _mm256_fmadd_ps(x, k2, a2);
+                    b2 = _mm256_fmadd_ps(y, k2, b2);
+                }
+            }
+        __m256 ca[4] = {a0, a1, a2, a3}, cb[4] = {b0, b1, b2, b3};
+        for (int32_t b = 0; b < nb; b++) {
+            __m256 va = _mm256_mul_ps(ca[b], vs), vb = _mm256_mul_ps(cb[b], vs);
+            int32_t j = j0 + 8 * b;
+            if (j + 8 > n) {
+                __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(j), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+                __m256 live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx));
+                va = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), va, live);
+                vb = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), vb, live);
+            }
+            nan = _mm256_or_ps(nan, _mm256_or_ps(_mm256_cmp_ps(va, va, _CMP_UNORD_Q), _mm256_cmp_ps(vb, vb, _CMP_UNORD_Q)));
+            ma = _mm256_max_ps(ma, va);
+            mb = _mm256_max_ps(mb, vb);
+            _mm256_storeu_ps(sa + j, va);
+            _mm256_storeu_ps(sb + j, vb);
+        }
+    }
+    float xa = bx_hmax8(ma), xb = bx_hmax8(mb);
+    if (_mm256_movemask_ps(nan) || !(xa > -INFINITY && xa < INFINITY) || !(xb > -INFINITY && xb < INFINITY)) {
+        attention_query8(qa, kt, ldk, vbase, ldv, n, d, scale, sa, oa);
+        attention_query8(qb, kt, ldk, vbase, ldv, n, d, scale, sb, ob);
+        return;
+    }
+    float ia = softmax8(sa, n, np, xa), ib = softmax8(sb, n, np, xb);
+    __m256 p0 = _mm256_setzero_ps(), p1 = p0, p2 = p0, p3 = p0, r0 = p0, r1 = p0, r2 = p0, r3 = p0;
+    int32_t dv = d / 8;
+    for (int32_t j = 0; j < n; j++) {
+        const float *v = vbase + (size_t)j * ldv;
+        __m256 pa = _mm256_broadcast_ss(sa + j), pb = _mm256_broadcast_ss(sb + j), v0 = _mm256_loadu_ps(v);
+        p0 = _mm256_fmadd_ps(pa, v0, p0);
+        r0 = _mm256_fmadd_ps(pb, v0, r0);
+        if (dv > 1) {
+            __m256 v1 = _mm256_loadu_ps(v + 8);
+            p1 = _mm256_fmadd_ps(pa, v1, p1);
+            r1 = _mm256_fmadd_ps(pb, v1, r1);
+        }
+        if (dv > 2) {
+            __m256 v2 = _mm256_loadu_ps(v + 16);
+            p2 = _mm256_fmadd_ps(pa, v2, p2);
+            r2 = _mm256_fmadd_ps(pb, v2, r2);
+        }
+        if (dv > 3) {
+            __m256 v3 = _mm256_loadu_ps(v + 24);
+            p3 = _mm256_fmadd_ps(pa, v3, p3);
+            r3 = _mm256_fmadd_ps(pb, v3, r3);
+        }
+    }
+    __m256 fa = _mm256_set1_ps(ia), fb = _mm256_set1_ps(ib), pa4[4] = {p0, p1, p2, p3}, pb4[4] = {r0, r1, r2, r3};
+    for (int32_t b = 0; b < dv; b++) {
+        _mm256_storeu_ps(oa + 8 * b, _mm256_mul_ps(pa4[b], fa));
+        _mm256_storeu_ps(ob + 8 * b, _mm256_mul_ps(pb4[b], fb));
+    }
+}
 #endif
 
 void bx_attention_heads(berxit_workspace *ws, int32_t h0, int32_t h1, float *sc, float *kt) {
@@ -239,6 +352,12 @@ void bx_attention_heads(berxit_workspace *ws, int32_t h0, int32_t h1, float *sc,
                 const float *q = base + (size_t)i * 3 * H + h * d;
                 float *o = ws->ctx + (size_t)(ws->start[r] + i) * H + h * d;
 #ifdef BX_AVX2
+                if (d % 8 == 0 && d <= 32 && i + 1 < n) { /* two queries at once */
+                    attention_query8x2(q, q + 3 * H, kt, ldk, base + 2 * H + h * d, (size_t)3 * H, n, d, scale, sc,
+                                       sc + ws->cap_seq + 8, o, o + H);
+                    i++;
+                    continue;
+                }
                 if (d % 8 == 0 && d <= 64) {
                     attention_query8(q, kt, ldk, base + 2 * H + h * d, (size_t)3 * H, n, d, scale, sc, o);
                     continue;

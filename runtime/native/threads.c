@@ -69,7 +69,7 @@ static void run_unit(berxit_workspace *ws, int helper, uint32_t u0, uint32_t u1)
         bx_linear_panels(ws->job_l, ws->job_x, ws->job_rows, ws->job_y, ws->job_res, u0, u1);
     } else {
         size_t d = (size_t)(ws->m->cfg.hidden / ws->m->cfg.heads), off = helper ? ws->cap_seq + 8 : 0;
-        bx_attention_heads(ws, (int32_t)u0, (int32_t)u1, ws->scores + off, ws->kt + off * d);
+        bx_attention_heads(ws, (int32_t)u0, (int32_t)u1, ws->scores + 2 * off, ws->kt + off * d);
     }
 }
 
