@@ -146,6 +146,24 @@ static void attention_scalar_query(const float *q, const float *kt, size_t ldk, 
 }
 
 #ifdef BX_AVX2
+/* lanes j .. j + 7 that hold a key (index < n) */
+static inline __m256 live_lanes(int32_t j, int32_t n) {
+    __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(j), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx));
+}
+
+/* softmax numerators in place over sc[0, np) (keys past n: 0); 1 / their sum */
+static float softmax8(float *sc, int32_t n, int32_t np, float mx) {
+    __m256 m = _mm256_set1_ps(mx), sum = _mm256_setzero_ps();
+    for (int32_t j = 0; j < np; j += 8) {
+        __m256 e = bx_exp_neg8(_mm256_sub_ps(_mm256_loadu_ps(sc + j), m));
+        if (j + 8 > n) e = _mm256_and_ps(e, live_lanes(j, n));
+        sum = _mm256_add_ps(sum, e);
+        _mm256_storeu_ps(sc + j, e);
+    }
+    return 1.0f / bx_hsum8(sum);
+}
+
 /* one query, d % 8 == 0 and d <= 64: scores 32 keys at a time in registers, the softmax and the
  * context in vectors; a query whose scores hold NaN goes the scalar way (NaN in, NaN out) */
 static void attention_query8(const float *q, const float *kt, size_t ldk, const float *vbase, size_t ldv, int32_t n,
@@ -175,11 +193,7 @@ static void attention_query8(const float *q, const float *kt, size_t ldk, const 
         for (int32_t b = 0; b < nb; b++) {
             __m256 v = _mm256_mul_ps(c[b], vs);
             int32_t j = j0 + 8 * b;
-            if (j + 8 > n) { /* keys past n: -inf (weight 0) */
-                __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(j), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-                __m256 live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx));
-                v = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), v, live);
-            }
+            if (j + 8 > n) v = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), v, live_lanes(j, n)); /* keys past n: weight 0 */
             nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
             mxv = _mm256_max_ps(mxv, v);
             _mm256_storeu_ps(sc + j, v);
@@ -190,17 +204,7 @@ static void attention_query8(const float *q, const float *kt, size_t ldk, const 
         attention_scalar_query(q, kt, ldk, vbase, ldv, n, d, scale, sc, o);
         return;
     }
-    __m256 m = _mm256_set1_ps(mx), sum = _mm256_setzero_ps();
-    for (int32_t j = 0; j < np; j += 8) {
-        __m256 e = bx_exp_neg8(_mm256_sub_ps(_mm256_loadu_ps(sc + j), m));
-        if (j + 8 > n) {
-            __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(j), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-            e = _mm256_and_ps(e, _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx)));
-        }
-        sum = _mm256_add_ps(sum, e);
-        _mm256_storeu_ps(sc + j, e);
-    }
-    float inv = 1.0f / bx_hsum8(sum);
+    float inv = softmax8(sc, n, np, mx);
     __m256 o0 = _mm256_setzero_ps(), o1 = o0, o2 = o0, o3 = o0, o4 = o0, o5 = o0, o6 = o0, o7 = o0;
     int32_t dv = d / 8;
     for (int32_t j = 0; j < n; j++) {
@@ -217,21 +221,6 @@ static void attention_query8(const float *q, const float *kt, size_t ldk, const 
     }
     __m256 iv = _mm256_set1_ps(inv), acc[8] = {o0, o1, o2, o3, o4, o5, o6, o7};
     for (int32_t b = 0; b < dv; b++) _mm256_storeu_ps(o + 8 * b, _mm256_mul_ps(acc[b], iv));
-}
-
-/* softmax numerators in place over sc[0, np) (keys past n: 0); 1 / their sum */
-static float softmax8(float *sc, int32_t n, int32_t np, float mx) {
-    __m256 m = _mm256_set1_ps(mx), sum = _mm256_setzero_ps();
-    for (int32_t j = 0; j < np; j += 8) {
-        __m256 e = bx_exp_neg8(_mm256_sub_ps(_mm256_loadu_ps(sc + j), m));
-        if (j + 8 > n) {
-            __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(j), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-            e = _mm256_and_ps(e, _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx)));
-        }
-        sum = _mm256_add_ps(sum, e);
-        _mm256_storeu_ps(sc + j, e);
-    }
-    return 1.0f / bx_hsum8(sum);
 }
 
 /* two queries of one head at once, d % 8 == 0 and d <= 32: every K and V load serves both, and
@@ -283,8 +272,7 @@ static void attention_query8x2(const float *qa, const float *qb, const float *kt
             __m256 va = _mm256_mul_ps(ca[b], vs), vb = _mm256_mul_ps(cb[b], vs);
             int32_t j = j0 + 8 * b;
             if (j + 8 > n) {
-                __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(j), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-                __m256 live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx));
+                __m256 live = live_lanes(j, n);
                 va = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), va, live);
                 vb = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), vb, live);
             }
