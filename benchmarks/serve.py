@@ -9,7 +9,8 @@ time) at rising offered load against servers started here as subprocesses:
     mono-request  --mode monolithic: the artifact's single graph, dynamic batching (the baseline)
     *-nospin      the same with --thread-pool per-session (onnxruntime threads do not spin)
     *-native      the same on the C runtime (--backend native; "monolithic" = its run without exit checks)
-    *-1t          the same with --threads 1 (one intra-op thread: the model on one core)
+    *-1t          the same with --threads 1 (one intra-op thread: the model on one core; also
+                  *-native-1t)
     ray-1, ray-2  python -m runtime.serve_ray with 1 / 2 replicas (one intra-op thread each),
                   against plain-1t: the plain server with one intra-op thread
 All servers run at once and each load step is split into segments interleaved across them (the
@@ -59,6 +60,9 @@ SERVERS = {
     "ee-layer-native": ["-m", "runtime.serve", "--batching", "layer", "--backend", "native"],
     "mono-request-native": ["-m", "runtime.serve", "--mode", "monolithic", "--batching", "request",
                             "--backend", "native"],
+    "ee-layer-native-1t": ["-m", "runtime.serve", "--batching", "layer", "--backend", "native", "--threads", "1"],
+    "mono-request-native-1t": ["-m", "runtime.serve", "--mode", "monolithic", "--batching", "request",
+                               "--backend", "native", "--threads", "1"],
     "ray-1": ["-m", "runtime.serve_ray", "--replicas", "1", "--threads", "1", "--num-cpus", "2"],
     "ray-2": ["-m", "runtime.serve_ray", "--replicas", "2", "--threads", "1", "--num-cpus", "2"],
 }
@@ -292,7 +296,7 @@ def summarize(results: list[dict], target_ms: float) -> dict:
            "max_rps_at_p99": {n: _spread(v) for n, v in per_pass.items()}}
     ratios = {}
     for k, v in per_pass.items():  # early exit over the monolithic server with the same thread pool
-        suffix = next((x for x in ("-nospin", "-1t", "-native") if k.endswith(x)), "")
+        suffix = next((x for x in ("-nospin", "-native-1t", "-1t", "-native") if k.endswith(x)), "")
         base = per_pass.get("mono-request" + suffix)
         if k.startswith("ee-") and base and all(base):
             ratios[k] = {"per_pass": [round(a / b, 3) for a, b in zip(v, base)],

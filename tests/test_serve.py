@@ -268,3 +268,18 @@ def test_the_open_loop_benchmark_runs_end_to_end(sst2_art, texts):
         assert row["latency_ms_p50"] <= row["latency_ms_p99"]
         assert max_rps_at_p99(r["loads"], 1e9) == row["throughput_rps"] and max_rps_at_p99(r["loads"], 0) == 0
     assert set(res[1]["loads"][0]["exit_layers"]) == {"2"}  # monolithic: every row at the last layer
+
+
+def test_summary_pairs_each_early_exit_server_with_the_monolithic_one_of_its_threading():
+    from benchmarks.serve import summarize
+
+    def server(name, rps_per_pass):
+        return {"server": name, "loads": [{"pass": p + 1, "throughput_rps": x, "latency_ms_p99": 10.0, "sent": 100,
+                                           "statuses": {"200": 100}} for p, x in enumerate(rps_per_pass)]}
+    rps = {"ee-layer": [40, 60], "mono-request": [20, 20], "ee-layer-1t": [30, 30], "mono-request-1t": [10, 15],
+           "ee-layer-native": [90, 80], "mono-request-native": [45, 80],
+           "ee-layer-native-1t": [50, 44], "mono-request-native-1t": [25, 22]}
+    out = summarize([server(k, v) for k, v in rps.items()], 50.0)
+    ratios = {k: v["per_pass"] for k, v in out["ee_over_monolithic_at_p99"].items()}
+    assert ratios == {"ee-layer": [2.0, 3.0], "ee-layer-1t": [3.0, 2.0], "ee-layer-native": [2.0, 1.0],
+                      "ee-layer-native-1t": [2.0, 2.0]}
