@@ -18,6 +18,14 @@ python -m benchmarks.latency --artifact "$W/art" --task sst2 --passes 3 --repeat
     --policies confidence lte --points 5 --out results/sst2_fp32
 python -m benchmarks.latency --backend native --artifact "$W/art" --task sst2 --passes 3 --repeats 1 --no-eager \
     --policies confidence lte --points 5 --ort-pool per-session --out results/sst2_native
+# Static int8 of the same checkpoint against fp32 (3 runs), and its answers alone vs in batches.
+python -m export.build --checkpoint "$W/ckpt" --out "$W/art_int8" --precision int8
+for r in 1 2 3; do
+  python -m benchmarks.precision --artifacts "$W/art" "$W/art_int8" --task sst2 --out "$W/precision_$r"
+  cp "$W/precision_$r/precision.json" results/int8_static/sst2_full/precision_run$r.json
+done
+python -m benchmarks.batch_agreement --artifacts "$W/art" "$W/art_int8" --task sst2 \
+    --out results/int8_static/sst2_full/batch_agreement.json
 # The server's policy promises the distribution's own relative score (--new-rows inf): a server
 # answers an open-ended stream, not one more dev-sized sample.
 rm -rf "$W/art_serve" && cp -r "$W/art" "$W/art_serve"
