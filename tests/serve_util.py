@@ -99,3 +99,14 @@ class Server:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def random_requests(model, dev, n: int, seed: int) -> list:
+    """`n` encoded requests of 1-3 random rows each of a pair task's split (a server's traffic)."""
+    import random
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        idx = [rng.randrange(len(dev)) for _ in range(rng.randint(1, 3))]
+        out.append(model.encode([dev.text_a[i] for i in idx], [dev.text_b[i] for i in idx]))
+    return out

@@ -377,17 +377,12 @@ def test_native_workspaces_hand_hidden_states_over(native_lib, rte_art):
 def test_layer_batching_scheduler_on_the_native_backend(native_lib, rte_art, data_dir):
     """Rows of many requests merged at layer boundaries on the native runtime answer as each row
     alone does (the server's default batching with --backend native)."""
-    import random
     from runtime.datasets import load_split
     from runtime.model import EarlyExitModel
     from runtime.scheduler import Scheduler, SchedulerConfig
+    from serve_util import random_requests
     m = EarlyExitModel(rte_art, backend="native")
-    dev = load_split("rte", "dev", data_dir)
-    rng = random.Random(1)
-    reqs = []
-    for _ in range(40):
-        idx = [rng.randrange(len(dev)) for _ in range(rng.randint(1, 3))]
-        reqs.append(m.encode([dev.text_a[i] for i in idx], [dev.text_b[i] for i in idx]))
+    reqs = random_requests(m, load_split("rte", "dev", data_dir), 40, seed=1)
     pol = m.policy("fixed", exit_layer=2)
     runs: list[int] = []
     merges: list[int] = []

@@ -3,7 +3,6 @@ the model alone does; layer batching merges rows of different requests; limits, 
 cancellation; Chain.drop and Chain.run_monolithic."""
 from __future__ import annotations
 
-import random
 import threading
 import time
 
@@ -14,6 +13,7 @@ from runtime import EarlyExitModel
 from runtime.datasets import load_split
 from runtime.scheduler import (DeadlineExceeded, QueueFull, Scheduler, SchedulerConfig,
                                ShuttingDown)
+from serve_util import random_requests
 
 
 @pytest.fixture(scope="module")
@@ -24,13 +24,7 @@ def model(rte_art):
 
 @pytest.fixture(scope="module")
 def requests_(model, data_dir):
-    dev = load_split("rte", "dev", data_dir)
-    rng = random.Random(0)
-    out = []
-    for _ in range(60):
-        idx = [rng.randrange(len(dev)) for _ in range(rng.randint(1, 3))]
-        out.append(model.encode([dev.text_a[i] for i in idx], [dev.text_b[i] for i in idx]))
-    return out
+    return random_requests(model, load_split("rte", "dev", data_dir), 60, seed=0)
 
 
 def _alone(model, enc, pol):
