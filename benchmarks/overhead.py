@@ -51,6 +51,32 @@ def strip_head(path: Path) -> bytes:
     return m.SerializeToString()
 
 
+def host_mask_index(data: bytes) -> bytes:
+    """A fused stage graph that reads the fused attention's mask index ([B] int32 row lengths) as an
+    input named `mask_index` instead of computing it from `attention_mask` (Cast + ReduceSum) in
+    every graph. Raises ValueError when the graph has no such pattern (unfused graphs)."""
+    import onnx
+    m = onnx.load_from_string(data)
+    g = m.graph
+    cast = [n for n in g.node if n.op_type == "Cast" and n.input[0] == "attention_mask"]
+    red = [n for n in g.node if n.op_type == "ReduceSum" and cast and n.input[0] == cast[0].output[0]]
+    if len(cast) != 1 or len(red) != 1:
+        raise ValueError("no fused-attention mask index (Cast + ReduceSum of attention_mask) in this graph")
+    index = red[0].output[0]
+    for n in (cast[0], red[0]):
+        g.node.remove(n)
+    for n in g.node:
+        for i, x in enumerate(n.input):
+            if x == index:
+                n.input[i] = "mask_index"
+    used = {i for n in g.node for i in n.input}
+    ins = [i for i in g.input if i.name != "attention_mask" or i.name in used]
+    del g.input[:]
+    g.input.extend(ins)
+    g.input.append(onnx.helper.make_tensor_value_info("mask_index", onnx.TensorProto.INT32, ["batch"]))
+    return m.SerializeToString()
+
+
 _BARE: dict[tuple[str, str], object] = {}  # (artifact, role) -> the stage's session with its head cut off
 
 

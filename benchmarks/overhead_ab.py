@@ -14,6 +14,10 @@ input by input, in `--passes` passes (medians with ranges).
                  the graph), with --signals-artifact
   boundaries     every layer its own graph | all layers in one stage graph (--merged-artifact,
                  export --exit-layers L)
+  mask index     each stage graph computes the fused attention's mask index from the int64 mask
+                 (Cast + ReduceSum) | the host computes it once and feeds it (host_mask_index)
+  head on host   the head in the graph | stages with the head cut off, the host (numpy) pooling
+                 the hidden states and applying a head of the same shape after every stage
 
 Per variant it records chain / monolithic, and with --profile the per-operator kernel time of the
 chain's stages and of the monolithic graph in the same runs (which operator got slower).
@@ -60,17 +64,20 @@ class _Variant:
     """One artifact's graphs as sessions of one kind, bound to buffers for one input shape."""
 
     def __init__(self, art: str, seq: int, mode: str, threads: int, env_arena: bool, bare: bool,
-                 prof_dir: str | None, tag: str):
+                 prof_dir: str | None, tag: str, kind: str = "graph_head"):
         from runtime import load_manifest
         from runtime import manifest as M
 
-        from .overhead import strip_head
+        from .overhead import host_mask_index, strip_head
         m = load_manifest(art)
+        self.kind = kind  # "graph_head" (as exported), "mask_index" (fed by the host), "host_head"
+        bare = bare or kind == "host_head"
         self.m, self.sessions = m, {}
         rng = np.random.default_rng(0)
         ids = rng.integers(1000, min(20000, m.backbone.vocab_size), (1, seq)).astype(np.int64)
         mask = np.ones_like(ids)
-        self.keep = [ids, mask, np.zeros_like(ids), (mask / mask.sum()).astype(np.float32)[:, None, :]]
+        self.keep = [ids, mask, np.zeros_like(ids), (mask / mask.sum()).astype(np.float32)[:, None, :],
+                     mask.sum(axis=1).astype(np.int32)]
         hid = [np.zeros((1, seq, m.hidden_size), np.float32) for _ in range(2)]
         self.keep += hid
         feeds = {M.INPUT_IDS: ids, M.TOKEN_TYPE_IDS: self.keep[2], M.ATTENTION_MASK: mask, M.POOL_WEIGHTS: self.keep[3]}
@@ -92,9 +99,10 @@ class _Variant:
         self.chain = [bind(emb, {k: feeds[k] for k in m.graphs[M.EMBEDDINGS].inputs}, {M.HIDDEN_IN: hid[0]})]
         for j, role in enumerate(m.stage_roles):
             g = m.graphs[role]
-            s = mk(role, strip_head(m.path(g.file)) if bare else m.read_graph(role))
+            data = strip_head(m.path(g.file)) if bare else m.read_graph(role)
+            s = mk(role, host_mask_index(data) if kind == "mask_index" else data)
             names = [i.name for i in s.get_inputs()]
-            ins = {M.HIDDEN_IN: hid[j % 2], M.ATTENTION_MASK: mask, M.POOL_WEIGHTS: self.keep[3]}
+            ins = {M.HIDDEN_IN: hid[j % 2], M.ATTENTION_MASK: mask, M.POOL_WEIGHTS: self.keep[3], "mask_index": self.keep[4]}
             outs = {M.HIDDEN_OUT: hid[(j + 1) % 2]}
             if not bare:
                 for n, spec in g.outputs.items():
@@ -103,6 +111,12 @@ class _Variant:
                         self.keep.append(a)
                         outs[n] = a
             self.chain.append(bind(s, {k: ins[k] for k in names}, outs))
+        # host_head: after each stage, the pooled state and a head of the artifact's shape, in numpy
+        self.hid, self.pool_w, self.cls = hid, self.keep[3][0, 0], not m.uses_pool_weights
+        self.pooled = np.zeros((1, m.hidden_size), np.float32)
+        self.head_w = rng.standard_normal((m.hidden_size, m.head_width)).astype(np.float32)
+        self.head_b = np.zeros(m.head_width, np.float32)
+        self.head_out = np.zeros((1, m.head_width), np.float32)
         self.mono = None
         if m.has_monolithic:
             mono = mk(M.MONOLITHIC, m.read_graph(M.MONOLITHIC))
@@ -111,8 +125,21 @@ class _Variant:
             self.mono = bind(mono, {k: feeds[k] for k in m.graphs[M.MONOLITHIC].inputs}, {M.LOGITS: logits})
 
     def run_chain(self) -> None:
-        for s, b in self.chain:
+        if self.kind != "host_head":
+            for s, b in self.chain:
+                s.run_with_iobinding(b)
+            return
+        s, b = self.chain[0]
+        s.run_with_iobinding(b)
+        for j, (s, b) in enumerate(self.chain[1:]):
             s.run_with_iobinding(b)
+            h = self.hid[(j + 1) % 2][0]
+            if self.cls:
+                self.pooled[0] = h[0]
+            else:
+                np.dot(self.pool_w, h, out=self.pooled[0])
+            np.dot(self.pooled, self.head_w, out=self.head_out)
+            np.add(self.head_out, self.head_b, out=self.head_out)
 
     def run_mono(self) -> None:
         s, b = self.mono
@@ -142,7 +169,12 @@ def run_mode(args) -> dict:
     for seq in args.seq_lens:
         v = {"own_arena": _Variant(args.artifact, seq, args.mode, threads, False, False, None, "own"),
              "env_arena": _Variant(args.artifact, seq, args.mode, threads, True, False, None, "env"),
-             "heads_cut": _Variant(args.artifact, seq, args.mode, threads, False, True, None, "bare")}
+             "heads_cut": _Variant(args.artifact, seq, args.mode, threads, False, True, None, "bare"),
+             "head_on_host": _Variant(args.artifact, seq, args.mode, threads, False, False, None, "host", "host_head")}
+        try:
+            v["host_mask_index"] = _Variant(args.artifact, seq, args.mode, threads, False, False, None, "mi", "mask_index")
+        except ValueError:  # unfused graphs: no mask index to move
+            pass
         if args.signals_artifact:
             v["signals_head"] = _Variant(args.signals_artifact, seq, args.mode, threads, False, False, None, "sig")
         if args.merged_artifact:

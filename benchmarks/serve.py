@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from . import loadgen
-from .timing import environment, save_figure, write_result
+from .timing import environment, save_figure, steal_seconds, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVERS = {
@@ -180,16 +180,24 @@ def _step(servers: dict, rates: dict[str, float], requests: list[bytes], seconds
     segment with the same arrival times (seed) scaled to that server's rate."""
     raws: dict[str, list[dict]] = {n: [] for n in rates}
     cpu = {n: 0.0 for n in rates}
+    steal: dict[str, float | None] = {n: 0.0 for n in rates}
     for r in range(rounds):
         for n, rate in rates.items():
-            c0 = servers[n].cpu_seconds()
+            c0, s0 = servers[n].cpu_seconds(), steal_seconds()
             raws[n].append(loadgen.run(loadgen.load(servers[n].port, requests, rate, seconds, seed=seed + r)))
             cpu[n] += servers[n].cpu_seconds() - c0
+            s1 = steal_seconds()
+            steal[n] = None if s0 is None or s1 is None or steal[n] is None else steal[n] + s1 - s0
     out = {}
     for n, rate in rates.items():
         row = _summary(rate, raws[n])
         row["server_cpu_s"] = round(cpu[n], 3)
         row["server_cpu_ms_per_request"] = round(cpu[n] / max(row["statuses"].get("200", 0), 1) * 1e3, 3)
+        # CPU time the hypervisor took from this machine during the step's segments, as a share of
+        # all its CPUs' time: tails from a step with steal say more about the host than the server
+        row["host_steal_s"] = None if steal[n] is None else round(steal[n], 3)
+        row["host_steal_pct"] = None if steal[n] is None else round(
+            100 * steal[n] / max(row["wall_s"] * (os.cpu_count() or 1), 1e-9), 2)
         out[n] = row
     return out
 
@@ -197,7 +205,8 @@ def _step(servers: dict, rates: dict[str, float], requests: list[bytes], seconds
 def _show(n: str, row: dict) -> None:
     print(f"{n:20s} offered {row['offered_rps']:6.1f}/s -> {row['throughput_rps']:7.1f}/s  p50 {row['latency_ms_p50']:7.1f} "
           f"ms  p99 {row['latency_ms_p99']:8.1f} ms  {row['statuses']}  server cpu {row['server_cpu_ms_per_request']:.2f} "
-          f"ms/req  generator {row['generator_cpu_ms_per_request']:.2f} ms/req  [{row['phase']} pass {row['pass']}]",
+          f"ms/req  generator {row['generator_cpu_ms_per_request']:.2f} ms/req  steal {row.get('host_steal_pct')}%  "
+          f"[{row['phase']} pass {row['pass']}]",
           flush=True)
 
 
@@ -294,6 +303,11 @@ def summarize(results: list[dict], target_ms: float) -> dict:
                               for p in range(1, npass + 1)] for x in results}
     out = {"max_rps_at_p99_per_pass": per_pass,
            "max_rps_at_p99": {n: _spread(v) for n, v in per_pass.items()}}
+    steal = {p: [r["host_steal_pct"] for x in results for r in x["loads"]
+                 if r.get("pass", 1) == p and r.get("host_steal_pct") is not None] for p in range(1, npass + 1)}
+    if any(steal.values()):  # how much of each pass the hypervisor took (mean and worst step)
+        out["host_steal_pct_per_pass"] = {str(p): {"mean": round(float(np.mean(v)), 2), "max": max(v)}
+                                          for p, v in steal.items() if v}
     ratios = {}
     for k, v in per_pass.items():  # early exit over the monolithic server with the same thread pool
         suffix = next((x for x in ("-nospin", "-native-1t", "-1t", "-native") if k.endswith(x)), "")

@@ -75,6 +75,37 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+
+
+def cpu_isa() -> list[str]:
+    """The vector extensions of this CPU that decide which kernels run (x86 /proc/cpuinfo flags;
+    empty elsewhere). Two hosts with the same model name ("AMD EPYC") can differ here."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in ISA_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
+def steal_seconds() -> float | None:
+    """CPU time the hypervisor gave to other guests, summed over this machine's CPUs, since boot
+    (/proc/stat "steal"; None where it is not reported). A difference over a timing window says
+    how much of it the host took away: timings from a window with steal are not from a quiet
+    machine."""
+    try:
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("cpu "):
+                f = line.split()
+                return int(f[8]) / os.sysconf("SC_CLK_TCK") if len(f) > 8 else None
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def _git_commit() -> str | None:
     try:
         root = Path(__file__).resolve().parents[1]
@@ -95,7 +126,7 @@ def environment(threads: int, backend: str = "onnxruntime-cpu", precision: str =
         except PackageNotFoundError:
             return None
     return {"backend": backend, "precision": precision, "threads": threads, "cpu": _cpu_model(),
-            "cores": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
+            "isa": cpu_isa(), "cores": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
             "numpy": v("numpy"), "onnxruntime": v("onnxruntime"), "torch": v("torch"),
             "transformers": v("transformers"), "git_commit": _git_commit(),
             "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

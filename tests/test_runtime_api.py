@@ -205,3 +205,21 @@ def test_batch1_fast_path_matches_the_general_loop(art_name, request):
         exits = {int(m.chain.run(*[a[i:i + 1] for a in (enc.input_ids, enc.token_type_ids, enc.attention_mask)],
                                  m.policy("fixed", exit_layer=1)).exit_layer[0]) for i in range(3)}
         assert exits == {1}
+
+
+def test_batch1_signals_read_after_later_runs_are_still_their_own(rte_art):
+    """The batch-1 path derives a result's signals when they are first read: from copies of the
+    head's outputs, so later runs (which reuse the workspace's buffers) cannot change them."""
+    with EarlyExitModel(rte_art) as m:
+        enc = m.encode([f"row {i} " + "good " * i for i in range(4)], [f"other {i}" for i in range(4)])
+        outs = m.layer_outputs(enc)
+        one = lambda i: [a[i:i + 1] for a in (enc.input_ids, enc.token_type_ids, enc.attention_mask)]  # noqa: E731
+        pol = m.policy("fixed", exit_layer=1)
+        first = m.chain.run(*one(0), pol)
+        for i in (1, 2, 3):  # other rows through the same (pooled) workspace before anything is read
+            m.chain.run(*one(i), m.policy("fixed", exit_layer=m.num_layers))
+        np.testing.assert_array_equal(first.logits, outs[0].logits[:1])
+        assert set(first.signals) == set(m.signals)
+        for name in first.signals:
+            np.testing.assert_allclose(first.signals[name], getattr(outs[0], name)[:1], rtol=1e-6)
+        assert len(first.signals) == len(m.signals) and "confidence" in repr(first.signals)

@@ -266,6 +266,7 @@ def test_the_open_loop_benchmark_runs_end_to_end(sst2_art, texts):
         assert row["statuses"] == {"200": row["sent"]} and row["sent"] > 0
         assert sum(row["exit_layers"].values()) == row["sent"] and row["throughput_rps"] > 0
         assert row["latency_ms_p50"] <= row["latency_ms_p99"]
+        assert row["host_steal_pct"] is None or 0 <= row["host_steal_pct"] <= 100  # what the hypervisor took
         assert max_rps_at_p99(r["loads"], 1e9) == row["throughput_rps"] and max_rps_at_p99(r["loads"], 0) == 0
     assert set(res[1]["loads"][0]["exit_layers"]) == {"2"}  # monolithic: every row at the last layer
 
@@ -283,3 +284,14 @@ def test_summary_pairs_each_early_exit_server_with_the_monolithic_one_of_its_thr
     ratios = {k: v["per_pass"] for k, v in out["ee_over_monolithic_at_p99"].items()}
     assert ratios == {"ee-layer": [2.0, 3.0], "ee-layer-1t": [3.0, 2.0], "ee-layer-native": [2.0, 1.0],
                       "ee-layer-native-1t": [2.0, 2.0]}
+
+
+def test_summary_reports_the_hosts_steal_per_pass():
+    from benchmarks.serve import summarize
+    loads = [{"pass": p, "throughput_rps": 10.0, "latency_ms_p99": 10.0, "sent": 10, "statuses": {"200": 10},
+              "host_steal_pct": st} for p, st in ((1, 1.0), (1, 3.0), (2, 0.5))]
+    out = summarize([{"server": "ee-layer", "loads": loads}], 50.0)
+    assert out["host_steal_pct_per_pass"] == {"1": {"mean": 2.0, "max": 3.0}, "2": {"mean": 0.5, "max": 0.5}}
+    for r in loads:
+        r["host_steal_pct"] = None  # a host that does not report steal: no entry
+    assert "host_steal_pct_per_pass" not in summarize([{"server": "ee-layer", "loads": loads}], 50.0)
