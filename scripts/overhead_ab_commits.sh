@@ -16,6 +16,6 @@ for r in $(seq 1 "$rounds"); do
   for v in new old; do
     d=$root; [ "$v" = old ] && d=$wt
     (cd "$d" && python -m benchmarks.overhead --artifact "$art" --task sst2 --data-dir "$data" \
-       --max-samples "$rows" --passes 3 --name "ov_${v}_$r" --out "$out") | grep -E "chain_overhead|python_loop" | sed "s/^/$v $r /"
+       --max-samples "$rows" --passes 3 --name "ov_${v}_$r" --out "$out") | grep -E "chain_overhead|python_loop|calibrated" | sed "s/^/$v $r /"
   done
 done

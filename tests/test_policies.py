@@ -129,3 +129,25 @@ def test_metrics_name_the_extra_when_scipy_is_missing(monkeypatch):
     with pytest.raises(ImportError, match=r"berxit-rt\[eval\]"):
         spearman(np.arange(4.0), np.arange(4.0) ** 2)
     assert accuracy(np.ones(3), np.ones(3)) == 1.0  # numpy-only metric still works
+
+
+def test_derive_signal_gives_derive_signals_values_bit_for_bit():
+    """The loop's one-signal path and the all-signals path must agree exactly (decisions compare
+    these values with thresholds taken from them), on ordinary and extreme values and dtypes."""
+    from runtime.policies import derive_signal, derive_signals
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float16, np.float64):
+        for c in (1, 2, 3, 5):
+            logits = (rng.standard_normal((64, c)) * rng.choice([0.01, 1, 30, 300], (64, 1))).astype(dtype)
+            logits[0, 0], logits[1, -1], logits[2, 0] = np.inf, np.nan, -np.inf
+            lte = (rng.standard_normal(64) * 20).astype(dtype)
+            lte[:3] = [np.inf, -np.inf, np.nan]
+            for name in ("confidence", "entropy", "lte"):
+                with np.errstate(all="ignore"):
+                    one, ref = derive_signal(name, logits, lte), derive_signals((name,), logits, lte)[name]
+                assert one.dtype == ref.dtype == np.float32
+                np.testing.assert_array_equal(one, ref, err_msg=f"{name} {dtype} C={c}")
+            before = logits.copy()
+            with np.errstate(all="ignore"):
+                derive_signal("confidence", logits, lte)
+            np.testing.assert_array_equal(logits, before)  # the head's outputs are left as they were
