@@ -223,3 +223,26 @@ def test_batch1_signals_read_after_later_runs_are_still_their_own(rte_art):
         for name in first.signals:
             np.testing.assert_allclose(first.signals[name], getattr(outs[0], name)[:1], rtol=1e-6)
         assert len(first.signals) == len(m.signals) and "confidence" in repr(first.signals)
+
+
+def test_huge_but_finite_outputs_are_answers_not_errors(rte_art, monkeypatch):
+    """The finiteness check flags NaN and infinity only: logits near float32's largest value
+    (whose float32 sum overflows) are answers, on the batch-1 path and the general loop alike."""
+    from runtime.backends import ort as O
+    from runtime.backends.base import StageOutputs
+    real = O.OrtWorkspace.run_stage
+
+    def huge(self, k):
+        o = real(self, k)
+        big = np.full_like(o.logits, 3.0e38)
+        big[:, 0] = 3.2e38  # label 0 wins
+        return StageOutputs(big, o.signals, o.lte_logit)
+    monkeypatch.setattr(O.OrtWorkspace, "run_stage", huge)
+    with EarlyExitModel(rte_art) as m:
+        enc = m.encode(["a b c", "d e f g"], ["x", "y z"])
+        pol = m.policy("fixed", exit_layer=m.num_layers)
+        one = [a[:1] for a in (enc.input_ids, enc.token_type_ids, enc.attention_mask)]
+        for res in (m.chain.run(*one, pol), m.chain._run_batch(*one, pol),
+                    m.chain.run(enc.input_ids, enc.token_type_ids, enc.attention_mask, pol)):
+            assert all(e is None for e in res.error), res.error
+            assert (res.logits.argmax(axis=1) == 0).all() and np.isfinite(res.logits).all()
