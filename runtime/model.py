@@ -65,6 +65,8 @@ def _check_threads(threads: int | None) -> int | None:
 def _chain_result(exit_layer: np.ndarray, logits: np.ndarray, signals: dict[str, np.ndarray],
                   status: np.ndarray) -> ChainResult:
     """A backend's own loop's outputs in the Chain's result type (status != 0: non-finite outputs)."""
+    if not status.any():  # (the common case, cheaply: this runs right after the backend's loop)
+        return ChainResult(exit_layer, logits, signals, [None] * len(status))
     err = [None if s == 0 else f"{NONFINITE} (NaN or infinity) at layer {int(x)}: the artifact is broken; re-export it"
            for s, x in zip(status.tolist(), exit_layer.tolist())]
     return ChainResult(exit_layer, logits, signals, err)

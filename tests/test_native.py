@@ -121,6 +121,35 @@ def test_exit_subset_stage_with_two_layers(native_lib, sst2_ckpt, tmp_path):
     assert nat.run(enc).exit_layer.tolist() == [2] * 12
 
 
+def test_results_are_their_own_arrays_and_read_only_inputs_work(native_lib, rte_art):
+    """Each run's outputs live in one fresh allocation (views), so a later run never changes an
+    earlier result; the signals are the exit's own (checked against the per-layer outputs); and
+    arrays whose address cannot be taken the fast way (read-only) give the same answers."""
+    ort, nat = _models(rte_art)
+    enc = _enc(nat)
+    pol = nat.policy("confidence", threshold=0.6)
+    rows = [enc.row(i) for i in range(enc.shape[0])]
+    first = [nat.run(r, pol) for r in rows]
+    kept = [(f.exit_layer.copy(), f.logits.copy(), {k: v.copy() for k, v in f.signals.items()}) for f in first]
+    again = [nat.run(r, pol) for r in reversed(rows)]
+    per_layer = ort.layer_outputs(enc)
+    for i, (f, (el, lg, sig)) in enumerate(zip(first, kept)):
+        assert np.array_equal(f.exit_layer, el) and np.array_equal(f.logits, lg), i
+        assert all(np.array_equal(f.signals[k], sig[k]) for k in sig), i
+        assert f.exit_layer.dtype == np.int64 and f.logits.shape == (1, nat.num_outputs) and f.error == [None]
+        at = per_layer[nat.exits.index(int(el[0]))]
+        np.testing.assert_allclose(lg[0], at.logits[i], atol=1e-4)
+        for k in nat.signals:
+            np.testing.assert_allclose(sig[k][0], getattr(at, k)[i], atol=1e-4)
+    assert all(np.array_equal(a.logits, b.logits) for a, b in zip(first, reversed(again)))
+    ro = [np.array(a) for a in (enc.input_ids, enc.token_type_ids, enc.attention_mask)]
+    for a in ro:
+        a.setflags(write=False)
+    got = nat.backend.run_early_exit(*ro, pol)
+    want = nat.run(enc, pol)
+    assert np.array_equal(got[0], want.exit_layer) and np.array_equal(got[1], want.logits)
+
+
 def test_one_model_shared_by_threads(native_lib, rte_art):
     _, nat = _models(rte_art)
     enc = _enc(nat)
@@ -268,6 +297,26 @@ def test_two_thread_hand_off_survives_a_widened_race_window(rte_art, tmp_path):
     except subprocess.TimeoutExpired:
         pytest.fail("two-thread runs hung: a hand-off between the caller and the helper thread lost count")
     assert r.returncode == 0 and r.stdout.startswith("ok stress: 2000 runs, 0 logits differ"), r.stdout + r.stderr
+
+
+def test_two_thread_hand_off_is_race_free_when_the_helper_sleeps_between_runs(rte_art, tmp_path):
+    """Under ThreadSanitizer: back-to-back two-thread runs, then runs each preceded by a pause
+    longer than the helper's spinning, so it falls asleep and every run wakes it ahead of its
+    first job (bx_threads_warm). Every run's logits equal the one-thread run's; TSan reports no
+    race; nothing hangs."""
+    try:
+        prog = _cc(tmp_path / "test_tsan", str(NATIVE / "tests" / "test_native.c"), *SOURCES,
+                   flags=("-fsanitize=thread", "-O1"))
+    except subprocess.CalledProcessError as e:
+        pytest.skip(f"this compiler cannot build with -fsanitize=thread: {e.stderr[-300:]}")
+    for mode in ("stress", "nap"):
+        try:
+            r = subprocess.run([str(prog), str(rte_art / "native_weights.bin"), mode, "400"], capture_output=True,
+                               text=True, timeout=120, env={**os.environ, "TSAN_OPTIONS": "halt_on_error=1"})
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"two-thread runs ({mode}) hung: a wake-up between the caller and the helper was lost")
+        assert "ThreadSanitizer" not in r.stderr, r.stderr[-3000:]
+        assert r.returncode == 0 and r.stdout.startswith(f"ok {mode}: 400 runs, 0 logits differ"), r.stdout + r.stderr
 
 
 def test_short_fuzz_pass_over_the_weights_reader(rte_art, stsb_art, tmp_path):

@@ -209,6 +209,9 @@ static int check_inputs(berxit_workspace *ws, const int64_t *ids, const int64_t 
 int berxit_ws_embed(berxit_workspace *ws, const int64_t *ids, const int64_t *tt, const int64_t *mask, int32_t batch,
                     int32_t seq) {
     if (!ws) return BERXIT_ERR_ARG;
+#ifndef BERXIT_NO_WARM
+    bx_threads_warm(ws); /* (its wake-up overlaps the input checks and the embeddings) */
+#endif
     ws->stage = -1;
     int rc = check_inputs(ws, ids, tt, mask, batch, seq);
     if (rc) return rc;

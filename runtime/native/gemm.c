@@ -60,6 +60,9 @@ void bx_linear_panels(const bx_linear *l, const float *x, int32_t rows, float *y
 #ifndef BX_PREFETCH
 #define BX_PREFETCH 256 /* floats ahead in the packed stream (16 k rows, 1 KiB) */
 #endif
+#ifndef BX_PREFETCH_HINT
+#define BX_PREFETCH_HINT _MM_HINT_T0
+#endif
 
 typedef float v8 __attribute__((vector_size(VW * 4)));
 typedef float v8u __attribute__((vector_size(VW * 4), aligned(4), may_alias)); /* unaligned loads / stores */
@@ -126,7 +129,7 @@ static inline __attribute__((always_inline)) void kernel_fma(const float *x, siz
     }
     for (size_t k = k0; k < k1; k++) {
         const float *bk = bp + (k - k0) * NR;
-        _mm_prefetch((const char *)(bk + BX_PREFETCH), _MM_HINT_T0);
+        _mm_prefetch((const char *)(bk + BX_PREFETCH), BX_PREFETCH_HINT);
         __m256 b0 = _mm256_load_ps(bk), b1 = _mm256_load_ps(bk + 8);
         BX_UNROLL for (int r = 0; r < mr; r++) {
             __m256 av = _mm256_broadcast_ss(a[r] + k);

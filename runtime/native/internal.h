@@ -69,6 +69,7 @@ struct berxit_workspace {
     atomic_uint done_units;         /* units of the current job completed */
     atomic_uint job_units, job_chunk; /* read by a claimer that may be a job late: atomic */
     atomic_int quit, helper_sleeping, caller_sleeping;
+    unsigned pokes;                 /* wake-ups ahead of a run (bx_threads_warm), under tmu */
     const bx_linear *job_l;
     const float *job_x, *job_res;
     float *job_y;
@@ -94,6 +95,7 @@ void bx_linear_panels(const bx_linear *l, const float *x, int32_t rows, float *y
 void bx_linear_forward(berxit_workspace *ws, const bx_linear *l, const float *x, int32_t rows, float *y,
                        const float *res);
 void bx_threads_stop(berxit_workspace *ws);
+void bx_threads_warm(berxit_workspace *ws);
 /* attention of all heads (split between the two threads like the products) */
 void bx_attention_forward(berxit_workspace *ws);
 

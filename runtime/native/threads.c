@@ -94,14 +94,17 @@ static int work(berxit_workspace *ws, unsigned g, int helper) {
 
 static void *helper_main(void *p) {
     berxit_workspace *ws = p;
-    unsigned seen = 0;
+    unsigned seen = 0, pokes = 0;
     for (;;) {
         if (!spin_until(&ws->gen, seen, 0, &ws->quit, HELPER_SPIN_NS)) {
             pthread_mutex_lock(&ws->tmu);
             atomic_store(&ws->helper_sleeping, 1);
-            while (atomic_load(&ws->gen) == seen && !atomic_load(&ws->quit)) pthread_cond_wait(&ws->cv_go, &ws->tmu);
+            while (atomic_load(&ws->gen) == seen && ws->pokes == pokes && !atomic_load(&ws->quit))
+                pthread_cond_wait(&ws->cv_go, &ws->tmu);
             atomic_store(&ws->helper_sleeping, 0);
+            pokes = ws->pokes;
             pthread_mutex_unlock(&ws->tmu);
+            if (atomic_load(&ws->gen) == seen && !atomic_load(&ws->quit)) continue; /* woken ahead of a job */
         }
         if (atomic_load(&ws->quit)) break;
         seen = atomic_load(&ws->gen);
@@ -114,6 +117,16 @@ static void *helper_main(void *p) {
     return NULL;
 }
 
+/* a run is starting: wake a sleeping helper now, so that it is spinning (not still waking, tens
+ * of microseconds on a virtual machine) when the first product of the run is posted */
+void bx_threads_warm(berxit_workspace *ws) {
+    if (ws->helper_up != 1 || ws->threads < 2 || !atomic_load(&ws->helper_sleeping)) return;
+    pthread_mutex_lock(&ws->tmu);
+    ws->pokes++;
+    pthread_cond_signal(&ws->cv_go);
+    pthread_mutex_unlock(&ws->tmu);
+}
+
 static int start_helper(berxit_workspace *ws) {
     if (pthread_mutex_init(&ws->tmu, NULL)) return 0;
     if (pthread_cond_init(&ws->cv_go, NULL)) { pthread_mutex_destroy(&ws->tmu); return 0; }
@@ -124,6 +137,7 @@ static int start_helper(berxit_workspace *ws) {
     atomic_store(&ws->quit, 0);
     atomic_store(&ws->helper_sleeping, 0);
     atomic_store(&ws->caller_sleeping, 0);
+    ws->pokes = 0;
     if (pthread_create(&ws->helper, NULL, helper_main, ws)) {
         pthread_cond_destroy(&ws->cv_done); pthread_cond_destroy(&ws->cv_go); pthread_mutex_destroy(&ws->tmu);
         return 0;

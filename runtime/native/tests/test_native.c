@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "berxit.h"
 
@@ -337,7 +338,9 @@ int main(int argc, char **argv) {
         free(file_data);
         return 0;
     }
-    if (argc == 4 && strcmp(argv[2], "stress") == 0) { /* back-to-back jobs of changing sizes, two threads */
+    int nap = argc == 4 && strcmp(argv[2], "nap") == 0; /* the same with a pause before each run: the helper
+                                                             falls asleep and each run wakes it ahead of its jobs */
+    if (argc == 4 && (strcmp(argv[2], "stress") == 0 || nap)) { /* back-to-back jobs of changing sizes, two threads */
         float lg[B * 8], ref_lg[B * 8];
         berxit_policy pol = {BERXIT_POLICY_FIXED, 0.0f, info.num_layers, 0, NULL, 0};
         outs ref = {.logits = ref_lg};
@@ -346,11 +349,12 @@ int main(int argc, char **argv) {
         for (int i = 0; rc == BERXIT_OK && i < atoi(argv[3]); i++) {
             outs o = {.logits = lg};
             int32_t n = 1 + i % B;
+            if (nap) nanosleep(&(struct timespec){0, 300000L}, NULL); /* > the helper's 100 us of spinning */
             rc = run(m, &pol, &o, n, S);
             for (int j = 0; rc == BERXIT_OK && j < n * info.num_outputs; j++) differ += fabsf(lg[j] - ref_lg[j]) > 1e-5f;
         }
-        printf("%s stress: %s runs, %d logits differ from one thread %s\n", rc == BERXIT_OK && !differ ? "ok" : "FAILED",
-               argv[3], differ, rc == BERXIT_OK ? "" : berxit_errmsg(m));
+        printf("%s %s: %s runs, %d logits differ from one thread %s\n", rc == BERXIT_OK && !differ ? "ok" : "FAILED",
+               argv[2], argv[3], differ, rc == BERXIT_OK ? "" : berxit_errmsg(m));
         berxit_close(m);
         free(file_data);
         return rc != BERXIT_OK || differ;
